@@ -1,0 +1,1 @@
+"""Outpost client: the laptop side (controller, TUI, headless CLI)."""

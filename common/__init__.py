@@ -1,0 +1,1 @@
+"""Protocol cores, OS adapters and the data plane shared by client and concentrator."""

@@ -1,0 +1,1 @@
+"""Data plane: worker loops moving packets TUN <-> ESP <-> UDP, and their control API."""

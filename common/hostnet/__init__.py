@@ -1,0 +1,1 @@
+"""OS adapters: TUN devices, addresses, routes (one small interface, DESIGN.md)."""

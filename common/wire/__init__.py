@@ -1,0 +1,1 @@
+"""Byte-level helpers: IP header parsing and validation."""

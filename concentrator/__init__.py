@@ -1,0 +1,1 @@
+"""Outpost concentrator: the head-office side terminating many client tunnels."""
