@@ -1,0 +1,288 @@
+"""The data plane as the control plane sees it: ``install_sa``, ``remove_*``, ``counters``.
+
+This is the small API DESIGN.md asks for, the way charon talks to XFRM: the
+control plane (IKE, configuration, UIs) never touches packets; it installs
+and removes SAs here and reads counters and notices back. Two workers do the
+packet work, one per direction, as separate processes (``mode="process"``,
+the real thing: each gets a core's worth of Python) or as threads of this
+process (``mode="thread"``, for in-process tests with an in-memory TUN).
+
+The control plane owns the UDP socket and may send IKE on it (``send_ike``)
+but must never read it: the inbound worker does, and hands IKE datagrams
+up through ``ike_fd``/``read_ike``. Event sockets are plain file descriptors
+so an asyncio control plane can watch them with ``loop.add_reader``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from common.dataplane.channel import channel_pair, receive_message, send_message
+from common.dataplane.messages import (
+    CountersReport,
+    Event,
+    IkeDatagram,
+    InstallSa,
+    PeerAddress,
+    RemoveInboundSa,
+    RemovePeer,
+    RequestCounters,
+    SaCounters,
+    SaPair,
+    SetPeerAddress,
+    WorkerFailed,
+    WorkerReady,
+)
+from common.dataplane.worker import InboundWorker, OutboundWorker
+from common.esp.natt import frame_ike
+
+Mode = Literal["process", "thread"]
+ROLES = ("inbound", "outbound")
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class DataPlaneError(RuntimeError):
+    """A worker died or did not answer: the tunnel cannot forward."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataPlaneCounters:
+    """Both workers' counters at one moment."""
+
+    inbound: dict[str, int]
+    outbound: dict[str, int]
+    sas: tuple[SaCounters, ...]
+
+    def sa(self, spi: int) -> SaCounters | None:
+        return next((s for s in self.sas if s.spi == spi), None)
+
+
+class DataPlane:
+    """Two packet workers (inbound, outbound) and the channel to each.
+
+    Drivers: the control plane calls ``start``, then ``install_sa`` /
+    ``remove_inbound_sa`` / ``remove_peer`` / ``set_peer_address`` as IKE
+    decides, ``counters`` when asked, ``read_events`` when an ``event_fds``
+    descriptor is readable and ``read_ike`` when ``ike_fd`` is; ``stop`` at the end.
+    """
+
+    def __init__(self, tun_fd: int, udp: socket.socket, *, mode: Mode = "process") -> None:
+        self.tun_fd = tun_fd
+        self.udp = udp
+        self.mode = mode
+        self._channels: dict[str, socket.socket] = {}
+        self._ike: socket.socket | None = None
+        self._processes: list[subprocess.Popen[bytes]] = []
+        self._threads: list[threading.Thread] = []
+        self._workers: list[InboundWorker | OutboundWorker] = []
+        self._pending: list[Event] = []
+        self._tokens = itertools.count(1)
+        self._started = False
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Start both workers and return once both read commands."""
+        if self._started:
+            raise RuntimeError("data plane already started")
+        self._started = True
+        ike_parent, ike_child = channel_pair()
+        ike_parent.setblocking(False)
+        self._ike = ike_parent
+        for role in ROLES:
+            parent, child = channel_pair()
+            self._channels[role] = parent
+            if self.mode == "process":
+                self._spawn_process(role, child, ike_child)
+                child.close()
+            else:
+                self._spawn_thread(role, child, ike_child)
+        if self.mode == "process":
+            ike_child.close()
+        self._await_ready(timeout_s)
+
+    def _await_ready(self, timeout_s: float) -> None:
+        ready: set[str] = set()
+        deadline = time.monotonic() + timeout_s
+        while ready != set(ROLES):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.stop()
+                raise DataPlaneError("data-plane workers did not start in time")
+            for event in self.read_events(remaining):
+                if isinstance(event, WorkerReady):
+                    ready.add(event.role)
+                else:
+                    self._pending.append(event)
+
+    def _spawn_process(self, role: str, control: socket.socket, ike: socket.socket) -> None:
+        fds = (self.tun_fd, self.udp.fileno(), control.fileno(), ike.fileno())
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
+        self._processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "common.dataplane.worker", role, *map(str, fds)],
+                pass_fds=fds,
+                env=env,
+                close_fds=True,
+            )
+        )
+
+    def _spawn_thread(self, role: str, control: socket.socket, ike: socket.socket) -> None:
+        worker: InboundWorker | OutboundWorker
+        if role == "inbound":
+            worker = InboundWorker(self.tun_fd, self.udp, control, ike, exit_on_close=False)
+        else:
+            worker = OutboundWorker(self.tun_fd, self.udp, control, exit_on_close=False)
+        thread = threading.Thread(target=worker.run, name=f"dataplane-{role}", daemon=True)
+        thread.start()
+        self._workers.append(worker)
+        self._threads.append(thread)
+
+    def alive(self) -> bool:
+        if self.mode == "process":
+            return bool(self._processes) and all(p.poll() is None for p in self._processes)
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
+    def stop(self, timeout_s: float = 3.0) -> None:
+        """Close the channels (workers exit on that) and reap them."""
+        for worker in self._workers:
+            worker.stopping = True
+        for channel in self._channels.values():
+            with contextlib.suppress(OSError):
+                channel.close()
+        if self._ike is not None:
+            self._ike.close()
+        for process in self._processes:
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._threads:
+            self._wake_threads()
+            for thread in self._threads:
+                thread.join(timeout_s)
+        self._processes.clear()
+        self._threads.clear()
+
+    def _wake_threads(self) -> None:
+        # Thread mode runs on socket-backed fakes: shutting the sockets down
+        # returns the blocked reads with b"" and the loops see ``stopping``.
+        with contextlib.suppress(OSError):
+            self.udp.shutdown(socket.SHUT_RD)
+        with contextlib.suppress(OSError):
+            tun = socket.socket(fileno=os.dup(self.tun_fd))
+            with contextlib.suppress(OSError):
+                tun.shutdown(socket.SHUT_RDWR)
+            tun.close()
+
+    # -- commands ---------------------------------------------------------------
+
+    def install_sa(self, pair: SaPair) -> None:
+        """Inbound half first, so replies to our first packet can already be decrypted."""
+        self._send("inbound", InstallSa(pair))
+        self._send("outbound", InstallSa(pair))
+
+    def remove_inbound_sa(self, spi: int) -> None:
+        self._send("inbound", RemoveInboundSa(spi))
+
+    def remove_peer(self, peer_id: int) -> None:
+        for role in ROLES:
+            self._send(role, RemovePeer(peer_id))
+
+    def set_peer_address(self, peer_id: int, address: PeerAddress) -> None:
+        for role in ROLES:
+            self._send(role, SetPeerAddress(peer_id, address))
+
+    def send_ike(self, message: bytes, address: PeerAddress) -> None:
+        """Send an IKE message from port 4500 (RFC 3948 non-ESP marker prepended)."""
+        self.udp.sendto(frame_ike(message), address)
+
+    def _send(self, role: str, message: object) -> None:
+        if not self._started:
+            raise RuntimeError("start the data plane first")
+        try:
+            send_message(self._channels[role], message)
+        except OSError as error:
+            raise DataPlaneError(f"{role} worker is gone: {error}") from error
+
+    # -- events and counters ------------------------------------------------
+
+    def event_fds(self) -> tuple[int, ...]:
+        return tuple(channel.fileno() for channel in self._channels.values())
+
+    @property
+    def ike_fd(self) -> int:
+        assert self._ike is not None, "start the data plane first"
+        return self._ike.fileno()
+
+    def read_ike(self) -> list[IkeDatagram]:
+        """Every IKE datagram waiting (non-blocking)."""
+        assert self._ike is not None, "start the data plane first"
+        datagrams: list[IkeDatagram] = []
+        while True:
+            try:
+                message = receive_message(self._ike)
+            except BlockingIOError:
+                return datagrams
+            if isinstance(message, IkeDatagram):
+                datagrams.append(message)
+            elif message is None:
+                return datagrams
+
+    def read_events(self, timeout_s: float = 0.0) -> list[Event]:
+        """Notices from the workers (rekey needed, peer moved, failures); waits ``timeout_s``."""
+        events, self._pending = self._pending, []
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select(list(self._channels.values()), [], [], remaining)
+            if not ready:
+                return events
+            for channel in ready:
+                message = receive_message(channel)
+                if message is None:
+                    raise DataPlaneError("a data-plane worker exited")
+                events.append(message)  # type: ignore[arg-type]
+            timeout_s = 0.0
+            deadline = time.monotonic()
+
+    def counters(self, timeout_s: float = 2.0) -> DataPlaneCounters:
+        """Ask both workers and wait for both answers; other events stay queued."""
+        token = next(self._tokens)
+        for role in ROLES:
+            self._send(role, RequestCounters(token))
+        reports: dict[str, CountersReport] = {}
+        deadline = time.monotonic() + timeout_s
+        while len(reports) < len(ROLES):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DataPlaneError("data-plane workers did not report counters in time")
+            ready, _, _ = select.select(list(self._channels.values()), [], [], remaining)
+            for channel in ready:
+                message = receive_message(channel)
+                if message is None:
+                    raise DataPlaneError("a data-plane worker exited")
+                if isinstance(message, CountersReport) and message.token == token:
+                    reports[message.role] = message
+                elif isinstance(message, WorkerFailed):
+                    raise DataPlaneError(f"{message.role} worker failed: {message.reason}")
+                else:
+                    self._pending.append(message)  # type: ignore[arg-type]
+        return DataPlaneCounters(
+            inbound=reports["inbound"].totals,
+            outbound=reports["outbound"].totals,
+            sas=reports["inbound"].sas + reports["outbound"].sas,
+        )

@@ -1,0 +1,138 @@
+"""What the control plane and the data-plane workers say to each other.
+
+Everything here crosses a process boundary (pickled over a SOCK_SEQPACKET
+socket pair) and only at control-plane rates: installs, removals, counter
+requests and rare notices. Nothing per packet crosses it (DESIGN.md "Data
+plane and control plane"). Keys travel in ``SaPair`` with ``repr=False`` so
+they never reach a log line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PeerAddress = tuple[str, int]  # outer (host, port), as the UDP socket sees it
+
+
+@dataclass(frozen=True, slots=True)
+class SaPair:
+    """One Child SA as both workers need it, the way charon hands an SA to XFRM.
+
+    ``inner_networks`` are the peer's side of the traffic selectors: what we
+    route to the peer (outbound) and the only sources we accept from it
+    (inbound anti-spoof). For a concentrator that is the leased address; for a
+    client, the office subnets (or 0.0.0.0/0 in full tunnel).
+    """
+
+    peer_id: int
+    suite: str
+    inbound_spi: int
+    outbound_spi: int
+    peer_address: PeerAddress
+    inner_networks: tuple[str, ...]
+    inbound_keymat: bytes = field(repr=False)
+    outbound_keymat: bytes = field(repr=False)
+    esn: bool = False
+    replay_window: int = 4096
+    soft_seq_limit: int | None = None
+
+
+# -- control plane -> worker ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSa:
+    """Add the inbound half and make the outbound half current for its peer (make before break)."""
+
+    pair: SaPair
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveInboundSa:
+    """Retire one inbound SPI, e.g. the old SA once a rekey completed."""
+
+    spi: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemovePeer:
+    """Forget a peer: its routes, its outbound SA and all its inbound SPIs."""
+
+    peer_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetPeerAddress:
+    """Follow the peer to a new outer address (NAT rebinding, RFC 7296 2.23)."""
+
+    peer_id: int
+    address: PeerAddress
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCounters:
+    token: int
+
+
+# -- worker -> control plane ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SaCounters:
+    spi: int
+    peer_id: int
+    direction: str  # "inbound" or "outbound"
+    packets: int
+    octets: int
+    drops: dict[str, int]
+    sequence: int  # highest sent (outbound) or received (inbound)
+
+
+@dataclass(frozen=True, slots=True)
+class CountersReport:
+    token: int
+    role: str  # which worker: "inbound" or "outbound"
+    totals: dict[str, int]  # packets, octets and drops by reason for the whole worker
+    sas: tuple[SaCounters, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RekeyNeeded:
+    """An outbound SA crossed its soft sequence limit; IKE should CREATE_CHILD_SA."""
+
+    peer_id: int
+    spi: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAddressChanged:
+    """An authenticated ESP packet came from a new outer address."""
+
+    peer_id: int
+    spi: int
+    address: PeerAddress
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReady:
+    """The worker runs and reads commands; sent once at start."""
+
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerFailed:
+    role: str
+    reason: str
+
+
+Command = InstallSa | RemoveInboundSa | RemovePeer | SetPeerAddress | RequestCounters
+Event = CountersReport | RekeyNeeded | PeerAddressChanged | WorkerReady | WorkerFailed
+
+
+@dataclass(frozen=True, slots=True)
+class IkeDatagram:
+    """An IKE message that arrived on the shared port-4500 socket (non-ESP marker removed)."""
+
+    data: bytes
+    address: PeerAddress
