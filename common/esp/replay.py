@@ -78,6 +78,6 @@ class ReplayWindow:
             high = top_high if seq_low >= bottom else top_high + 1
         else:  # case B: window spans two low-half subspaces
             high = top_high - 1 if seq_low >= (bottom & _LOW32) else top_high
-        if high < 0:
-            return 0
+        if high < 0 or high > _LOW32:
+            return 0  # outside the 64-bit space: old or forged, rejected as a replay
         return (high << 32) | seq_low

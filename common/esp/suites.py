@@ -159,4 +159,6 @@ def tunnel_mtu(path_mtu: int, suites: tuple[EspSuite, ...], outer_ipv6: bool) ->
         while inner > 0 and inner + suite.overhead(inner) + outer > path_mtu:
             inner -= 1
         best = min(best, inner)
+    if best < 68:  # RFC 791: every IPv4 host must take 68-octet packets (IPv6 needs 1280)
+        raise ValueError(f"a path MTU of {path_mtu} leaves no room for tunnelled packets")
     return best
