@@ -30,6 +30,7 @@ from typing import Literal
 
 from common.dataplane.channel import channel_pair, receive_message, send_message
 from common.dataplane.messages import (
+    Applied,
     CountersReport,
     Event,
     IkeDatagram,
@@ -37,6 +38,7 @@ from common.dataplane.messages import (
     PeerAddress,
     RemoveInboundSa,
     RemovePeer,
+    Request,
     RequestCounters,
     SaCounters,
     SaPair,
@@ -44,12 +46,14 @@ from common.dataplane.messages import (
     WorkerFailed,
     WorkerReady,
 )
-from common.dataplane.worker import InboundWorker, OutboundWorker
+from common.dataplane.worker import InboundWorker, OutboundWorker, enable_udp_offloads
 from common.esp.natt import frame_ike
 
 Mode = Literal["process", "thread"]
 ROLES = ("inbound", "outbound")
 _REPO_ROOT = Path(__file__).resolve().parents[2]
+SO_SNDBUFFORCE = 32  # asm-generic/socket.h; not exported by Python's socket module
+SO_RCVBUFFORCE = 33
 
 
 class DataPlaneError(RuntimeError):
@@ -77,10 +81,30 @@ class DataPlane:
     descriptor is readable and ``read_ike`` when ``ike_fd`` is; ``stop`` at the end.
     """
 
-    def __init__(self, tun_fd: int, udp: socket.socket, *, mode: Mode = "process") -> None:
+    def __init__(
+        self,
+        tun_fd: int,
+        udp: socket.socket,
+        *,
+        mode: Mode = "process",
+        tun_offload: bool = False,
+        socket_buffer_bytes: int = 4 << 20,
+    ) -> None:
+        """Prepare (not start) the workers.
+
+        Args:
+            tun_fd: the TUN descriptor, read by the outbound worker and written by the inbound.
+            udp: the bound port-4500 socket both workers share.
+            mode: worker processes (the real thing) or threads (in-process tests).
+            tun_offload: the TUN was opened with virtio-net headers and TCP offloads.
+            socket_buffer_bytes: UDP send/receive buffers; bursts of a fast TCP
+                flow overflow the default ~200 KiB and each loss halves its window.
+        """
         self.tun_fd = tun_fd
         self.udp = udp
         self.mode = mode
+        self.tun_offload = tun_offload
+        self.socket_buffer_bytes = socket_buffer_bytes
         self._channels: dict[str, socket.socket] = {}
         self._ike: socket.socket | None = None
         self._processes: list[subprocess.Popen[bytes]] = []
@@ -97,6 +121,7 @@ class DataPlane:
         if self._started:
             raise RuntimeError("data plane already started")
         self._started = True
+        self._tune_socket()
         ike_parent, ike_child = channel_pair()
         ike_parent.setblocking(False)
         self._ike = ike_parent
@@ -126,13 +151,32 @@ class DataPlane:
                 else:
                     self._pending.append(event)
 
+    def _tune_socket(self) -> None:
+        for force, plain in (
+            (SO_RCVBUFFORCE, socket.SO_RCVBUF),
+            (SO_SNDBUFFORCE, socket.SO_SNDBUF),
+        ):
+            try:  # the FORCE variants pass net.core.*mem_max, with CAP_NET_ADMIN
+                self.udp.setsockopt(socket.SOL_SOCKET, force, self.socket_buffer_bytes)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    self.udp.setsockopt(socket.SOL_SOCKET, plain, self.socket_buffer_bytes)
+        enable_udp_offloads(self.udp)
+
     def _spawn_process(self, role: str, control: socket.socket, ike: socket.socket) -> None:
         fds = (self.tun_fd, self.udp.fileno(), control.fileno(), ike.fileno())
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
         self._processes.append(
             subprocess.Popen(
-                [sys.executable, "-m", "common.dataplane.worker", role, *map(str, fds)],
+                [
+                    sys.executable,
+                    "-m",
+                    "common.dataplane.worker",
+                    role,
+                    *map(str, fds),
+                    "offload" if self.tun_offload else "plain",
+                ],
                 pass_fds=fds,
                 env=env,
                 close_fds=True,
@@ -142,9 +186,18 @@ class DataPlane:
     def _spawn_thread(self, role: str, control: socket.socket, ike: socket.socket) -> None:
         worker: InboundWorker | OutboundWorker
         if role == "inbound":
-            worker = InboundWorker(self.tun_fd, self.udp, control, ike, exit_on_close=False)
+            worker = InboundWorker(
+                self.tun_fd,
+                self.udp,
+                control,
+                ike,
+                exit_on_close=False,
+                tun_offload=self.tun_offload,
+            )
         else:
-            worker = OutboundWorker(self.tun_fd, self.udp, control, exit_on_close=False)
+            worker = OutboundWorker(
+                self.tun_fd, self.udp, control, exit_on_close=False, tun_offload=self.tun_offload
+            )
         thread = threading.Thread(target=worker.run, name=f"dataplane-{role}", daemon=True)
         thread.start()
         self._workers.append(worker)
@@ -191,20 +244,40 @@ class DataPlane:
     # -- commands ---------------------------------------------------------------
 
     def install_sa(self, pair: SaPair) -> None:
-        """Inbound half first, so replies to our first packet can already be decrypted."""
-        self._send("inbound", InstallSa(pair))
-        self._send("outbound", InstallSa(pair))
+        """Install both halves; returns once both workers use them.
+
+        Inbound first, so replies to our first packet can already be decrypted.
+        """
+        self._apply(("inbound",), InstallSa(pair))
+        self._apply(("outbound",), InstallSa(pair))
 
     def remove_inbound_sa(self, spi: int) -> None:
-        self._send("inbound", RemoveInboundSa(spi))
+        self._apply(("inbound",), RemoveInboundSa(spi))
 
     def remove_peer(self, peer_id: int) -> None:
-        for role in ROLES:
-            self._send(role, RemovePeer(peer_id))
+        self._apply(ROLES, RemovePeer(peer_id))
 
     def set_peer_address(self, peer_id: int, address: PeerAddress) -> None:
-        for role in ROLES:
-            self._send(role, SetPeerAddress(peer_id, address))
+        self._apply(ROLES, SetPeerAddress(peer_id, address))
+
+    def _apply(
+        self,
+        roles: tuple[str, ...],
+        command: InstallSa | RemoveInboundSa | RemovePeer | SetPeerAddress,
+        timeout_s: float = 5.0,
+    ) -> None:
+        """Send ``command`` and wait until each worker says it took effect."""
+        token = next(self._tokens)
+        for role in roles:
+            self._send(role, Request(token, command))
+        waiting = set(roles)
+        deadline = time.monotonic() + timeout_s
+        while waiting:
+            for role, message in self._receive_until(deadline):
+                if isinstance(message, Applied) and message.token == token:
+                    waiting.discard(role)
+                else:
+                    self._pending.append(message)
 
     def send_ike(self, message: bytes, address: PeerAddress) -> None:
         """Send an IKE message from port 4500 (RFC 3948 non-ESP marker prepended)."""
@@ -267,22 +340,31 @@ class DataPlane:
         reports: dict[str, CountersReport] = {}
         deadline = time.monotonic() + timeout_s
         while len(reports) < len(ROLES):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DataPlaneError("data-plane workers did not report counters in time")
-            ready, _, _ = select.select(list(self._channels.values()), [], [], remaining)
-            for channel in ready:
-                message = receive_message(channel)
-                if message is None:
-                    raise DataPlaneError("a data-plane worker exited")
+            for _role, message in self._receive_until(deadline):
                 if isinstance(message, CountersReport) and message.token == token:
                     reports[message.role] = message
-                elif isinstance(message, WorkerFailed):
-                    raise DataPlaneError(f"{message.role} worker failed: {message.reason}")
                 else:
-                    self._pending.append(message)  # type: ignore[arg-type]
+                    self._pending.append(message)
         return DataPlaneCounters(
             inbound=reports["inbound"].totals,
             outbound=reports["outbound"].totals,
             sas=reports["inbound"].sas + reports["outbound"].sas,
         )
+
+    def _receive_until(self, deadline: float) -> list[tuple[str, Event]]:
+        """Whatever the workers sent, waiting at most until ``deadline``."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DataPlaneError("data-plane workers did not answer in time")
+        by_fd = {channel.fileno(): role for role, channel in self._channels.items()}
+        ready, _, _ = select.select(list(self._channels.values()), [], [], remaining)
+        received: list[tuple[str, Event]] = []
+        for channel in ready:
+            role = by_fd[channel.fileno()]
+            message = receive_message(channel)
+            if message is None:
+                raise DataPlaneError(f"the {role} data-plane worker exited")
+            if isinstance(message, WorkerFailed):
+                raise DataPlaneError(f"{message.role} worker failed: {message.reason}")
+            received.append((role, message))  # type: ignore[arg-type]
+        return received

@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--replay-window", type=int, default=4096)
     parser.add_argument("--path-mtu", type=int, help="outer path MTU (default: from the route)")
     parser.add_argument("--mode", choices=("process", "thread"), default="process")
+    parser.add_argument(
+        "--no-offload", action="store_true", help="plain TUN: no TCP segmentation offloads"
+    )
     return parser
 
 
@@ -83,14 +86,14 @@ def run(args: argparse.Namespace) -> int:
         family = socket.AF_INET6 if peer.version == 6 else socket.AF_INET
         udp = socket.socket(family, socket.SOCK_DGRAM)
         udp.bind((args.local, args.local_port))
-        tun = host.create_tun(args.tun, mtu=mtu)
+        tun = host.create_tun(args.tun, mtu=mtu, offload=not args.no_offload)
         try:
             host.add_address(tun.name, inner)
             for network in remote_nets:
                 if network.subnet_of(inner.network):  # type: ignore[arg-type]
                     continue  # the connected route already covers it
                 host.add_route(network, ifname=tun.name)
-            return _serve(args, tun.fileno(), udp, suite.name, path_mtu, mtu)
+            return _serve(args, tun.fileno(), tun.offload, udp, suite.name, path_mtu, mtu)
         finally:
             tun.close()
             udp.close()
@@ -99,12 +102,13 @@ def run(args: argparse.Namespace) -> int:
 def _serve(
     args: argparse.Namespace,
     tun_fd: int,
+    tun_offload: bool,
     udp: socket.socket,
     suite: str,
     path_mtu: int,
     mtu: int,
 ) -> int:
-    plane = DataPlane(tun_fd, udp, mode=args.mode)
+    plane = DataPlane(tun_fd, udp, mode=args.mode, tun_offload=tun_offload)
     plane.start()
     plane.install_sa(
         SaPair(
@@ -132,7 +136,7 @@ def _serve(
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGUSR1, on_report)
-    _emit("ready", tun=args.tun, suite=suite, path_mtu=path_mtu, tun_mtu=mtu)
+    _emit("ready", tun=args.tun, suite=suite, path_mtu=path_mtu, tun_mtu=mtu, offload=tun_offload)
     try:
         while not stop.wait(0.2):
             if report.is_set():

@@ -74,7 +74,24 @@ class RequestCounters:
     token: int
 
 
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A command with a token; the worker answers ``Applied(token)`` once it took effect.
+
+    The answer is what makes ``install_sa`` synchronous: when it returns, the
+    next packet the TUN gives the worker already finds its SA.
+    """
+
+    token: int
+    command: InstallSa | RemoveInboundSa | RemovePeer | SetPeerAddress
+
+
 # -- worker -> control plane ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    token: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +144,7 @@ class WorkerFailed:
 
 
 Command = InstallSa | RemoveInboundSa | RemovePeer | SetPeerAddress | RequestCounters
-Event = CountersReport | RekeyNeeded | PeerAddressChanged | WorkerReady | WorkerFailed
+Event = CountersReport | RekeyNeeded | PeerAddressChanged | WorkerReady | WorkerFailed | Applied
 
 
 @dataclass(frozen=True, slots=True)

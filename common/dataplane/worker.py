@@ -29,12 +29,14 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import struct
 import threading
 from enum import IntEnum
 from typing import Final
 
 from common.dataplane.channel import receive_message, send_message
 from common.dataplane.messages import (
+    Applied,
     CountersReport,
     IkeDatagram,
     InstallSa,
@@ -43,6 +45,7 @@ from common.dataplane.messages import (
     RekeyNeeded,
     RemoveInboundSa,
     RemovePeer,
+    Request,
     RequestCounters,
     SaCounters,
     SaPair,
@@ -54,9 +57,37 @@ from common.dataplane.prefixmap import IpNetwork, PrefixMap, parse_network
 from common.esp.natt import NON_ESP_MARKER, DatagramKind, classify, unframe_ike
 from common.esp.sa import DROP_COUNT, Drop, InboundSa, OutboundSa
 from common.esp.suites import suite_by_name
+from common.wire.offload import VNET_HDR_LEN, coalesce, segment
 
 HOUSEKEEPING_INTERVAL_S: Final = 1.0
 MAX_DATAGRAM: Final = 65535
+MAX_SUPER_PACKET: Final = 65535 + VNET_HDR_LEN
+# UDP GSO/GRO (linux/udp.h). The kernel takes at most 64 segments (UDP_MAX_SEGMENTS)
+# and one IP packet's worth of payload per call.
+UDP_SEGMENT: Final = 103
+UDP_GRO: Final = 104
+GSO_MAX_SEGMENTS: Final = 64
+GSO_MAX_BYTES: Final = 65000
+_U16_NATIVE: Final = struct.Struct("=H")
+_INT_NATIVE: Final = struct.Struct("=i")
+
+
+def _gro_size(ancillary: list[tuple[int, int, bytes]]) -> int:
+    """The segment size the kernel reports for a coalesced (GRO) receive, or 0."""
+    for level, kind, value in ancillary:
+        if level == socket.SOL_UDP and kind == UDP_GRO and len(value) >= 4:
+            size: int = _INT_NATIVE.unpack_from(value)[0]
+            return size
+    return 0
+
+
+def enable_udp_offloads(udp: socket.socket) -> bool:
+    """Ask for UDP GRO on the shared socket; ``False`` when the kernel refuses."""
+    try:
+        udp.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
+    except OSError:
+        return False
+    return True
 
 
 class WorkerDrop(IntEnum):
@@ -89,8 +120,10 @@ class _Worker:
         control: socket.socket,
         *,
         exit_on_close: bool,
+        tun_offload: bool = False,
     ) -> None:
         self.tun_fd = tun_fd
+        self.tun_offload = tun_offload
         self.udp = udp
         self.control = control
         self.exit_on_close = exit_on_close
@@ -142,6 +175,10 @@ class _Worker:
             send_message(self.control, event, block=False)
 
     def _process_command(self, message: object) -> None:
+        if isinstance(message, Request):
+            self._process_command(message.command)
+            self._notify(Applied(message.token))
+            return
         match message:
             case InstallSa(pair):
                 self._install(pair)
@@ -209,13 +246,22 @@ class OutboundWorker(_Worker):
     role = "outbound"
 
     def __init__(
-        self, tun_fd: int, udp: socket.socket, control: socket.socket, *, exit_on_close: bool
+        self,
+        tun_fd: int,
+        udp: socket.socket,
+        control: socket.socket,
+        *,
+        exit_on_close: bool,
+        tun_offload: bool = False,
     ) -> None:
-        super().__init__(tun_fd, udp, control, exit_on_close=exit_on_close)
+        super().__init__(tun_fd, udp, control, exit_on_close=exit_on_close, tun_offload=tun_offload)
         self.peers: dict[int, _OutboundPeer] = {}
         self.routes: PrefixMap[_OutboundPeer] = PrefixMap()
 
     def _pump_packets(self) -> None:
+        if self.tun_offload:
+            self._pump_super_packets()
+            return
         read = os.read
         tun = self.tun_fd
         sendto = self.udp.sendto
@@ -246,6 +292,69 @@ class OutboundWorker(_Worker):
                 sendto(esp, peer.address)
             except OSError:
                 drops[WorkerDrop.SEND_FAILED] += 1
+
+    def _pump_super_packets(self) -> None:
+        """The loop for a TUN with offloads: one read may hold ~40 TCP segments.
+
+        The segments of one super packet share their destination, so the
+        route is looked up once, and their ESP packets (equal sizes but the
+        last) leave in one UDP GSO ``sendmsg`` per 64 KiB.
+        """
+        read = os.read
+        tun = self.tun_fd
+        lookup = self.routes.lookup
+        drops = self.drops
+        while True:
+            buffer = read(tun, MAX_SUPER_PACKET)
+            if not buffer:
+                if self.stopping:
+                    return
+                continue
+            packets = segment(buffer)
+            if packets is None:
+                drops[WorkerDrop.NOT_IP] += 1
+                continue
+            first = packets[0]
+            version = first[0] >> 4
+            if version == 4:
+                peer = lookup(first[16:20])
+            elif version == 6:
+                peer = lookup(first[24:40])
+            else:
+                drops[WorkerDrop.NOT_IP] += 1
+                continue
+            if peer is None:
+                drops[WorkerDrop.NO_ROUTE] += 1
+                continue
+            encapsulate = peer.sa.encapsulate
+            batch: list[bytes] = []
+            for packet in packets:
+                esp = encapsulate(packet)
+                if isinstance(esp, bytes):
+                    batch.append(esp)
+                else:
+                    peer.esp_drops[esp] += 1
+            if batch:
+                self._send_batch(batch, peer.address)
+
+    def _send_batch(self, batch: list[bytes], address: PeerAddress) -> None:
+        """UDP GSO (``UDP_SEGMENT``): equal-sized datagrams but the last, in one system call."""
+        try:
+            if len(batch) == 1:
+                self.udp.sendto(batch[0], address)
+                return
+            size = len(batch[0])
+            per_call = max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size))
+            for start in range(0, len(batch), per_call):
+                chunk = batch[start : start + per_call]
+                if all(len(esp) == size for esp in chunk[:-1]) and len(chunk[-1]) <= size:
+                    control = [(socket.SOL_UDP, UDP_SEGMENT, _U16_NATIVE.pack(size))]
+                    self.udp.sendmsg(chunk, control, 0, address)
+                else:
+                    for esp in chunk:
+                        self.udp.sendto(esp, address)
+        except OSError:
+            self.drops[WorkerDrop.SEND_FAILED] += 1
 
     def _install(self, pair: SaPair) -> None:
         sa = OutboundSa(
@@ -338,47 +447,73 @@ class InboundWorker(_Worker):
         ike: socket.socket,
         *,
         exit_on_close: bool,
+        tun_offload: bool = False,
     ) -> None:
-        super().__init__(tun_fd, udp, control, exit_on_close=exit_on_close)
+        super().__init__(tun_fd, udp, control, exit_on_close=exit_on_close, tun_offload=tun_offload)
         self.ike = ike
         self.sas: dict[bytes, _InboundEntry] = {}
         self.keepalives = 0
         self.ike_datagrams = 0
 
     def _pump_packets(self) -> None:
-        recvfrom = self.udp.recvfrom
+        """Receive (UDP GRO: several ESP datagrams per call), check, decrypt, write.
+
+        Decrypted packets of one receive are written together, coalesced into
+        TCP super packets when the TUN has offloads (``coalesce``).
+        """
+        recvmsg = self.udp.recvmsg
         write = os.write
         tun = self.tun_fd
         sas = self.sas
         drops = self.drops
+        offload = self.tun_offload
+        control_space = socket.CMSG_SPACE(4)
         while True:
-            data, address = recvfrom(MAX_DATAGRAM)
-            entry = sas.get(data[:4])
-            if entry is None:
-                if not data and self.stopping:
+            data, ancillary, _flags, address = recvmsg(MAX_SUPER_PACKET, control_space)
+            if not data:
+                if self.stopping:
                     return
-                self._on_other_datagram(data, address)
+                drops[WorkerDrop.MALFORMED_DATAGRAM] += 1
                 continue
-            inner = entry.sa.decapsulate(data)
-            if not isinstance(inner, bytes):
-                continue  # counted by the SA, by reason
-            if inner[0] >> 4 == 4:
-                if len(inner) < 20:
-                    drops[WorkerDrop.MALFORMED_INNER] += 1
+            if ancillary:
+                size = _gro_size(ancillary) or len(data)
+                datagrams = [data[i : i + size] for i in range(0, len(data), size)]
+            else:
+                datagrams = [data]
+            delivered: list[bytes] = []
+            for datagram in datagrams:
+                entry = sas.get(datagram[:4])
+                if entry is None:
+                    self._on_other_datagram(datagram, address)
                     continue
-                source = inner[12:16]
-            else:  # decapsulate guarantees 4 or 6
-                if len(inner) < 40:
-                    drops[WorkerDrop.MALFORMED_INNER] += 1
+                inner = entry.sa.decapsulate(datagram)
+                if not isinstance(inner, bytes):
+                    continue  # counted by the SA, by reason
+                if inner[0] >> 4 == 4:
+                    if len(inner) < 20:
+                        drops[WorkerDrop.MALFORMED_INNER] += 1
+                        continue
+                    source = inner[12:16]
+                else:  # decapsulate guarantees 4 or 6
+                    if len(inner) < 40:
+                        drops[WorkerDrop.MALFORMED_INNER] += 1
+                        continue
+                    source = inner[8:24]
+                if entry.allowed.lookup(source) is None:
+                    drops[WorkerDrop.SPOOFED_SOURCE] += 1
                     continue
-                source = inner[8:24]
-            if entry.allowed.lookup(source) is None:
-                drops[WorkerDrop.SPOOFED_SOURCE] += 1
+                if address != entry.address:
+                    self._on_peer_moved(entry, address)
+                delivered.append(inner)
+            if not delivered:
                 continue
-            if address != entry.address:
-                self._on_peer_moved(entry, address)
             try:
-                write(tun, inner)
+                if offload:
+                    for buffer in coalesce(delivered):
+                        write(tun, buffer)
+                else:
+                    for inner in delivered:
+                        write(tun, inner)
             except OSError:
                 drops[WorkerDrop.TUN_WRITE_FAILED] += 1
 
@@ -459,7 +594,7 @@ class InboundWorker(_Worker):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Process entry: ``python -m common.dataplane.worker ROLE TUN_FD UDP_FD CONTROL_FD IKE_FD``.
+    """Process entry: ``python -m common.dataplane.worker ROLE TUN UDP CONTROL IKE [offload]``.
 
     File descriptors are inherited from the control plane (``pass_fds``), so
     a worker opens nothing itself and needs no privilege of its own.
@@ -469,16 +604,20 @@ def main(argv: list[str] | None = None) -> None:
 
     args = sys.argv[1:] if argv is None else argv
     role, tun_fd, udp_fd, control_fd, ike_fd = args[0], *map(int, args[1:5])
-    # Ctrl-C reaches the whole process group; the control plane decides when we stop.
+    tun_offload = len(args) > 5 and args[5] == "offload"
+    # Ctrl-C and group-wide SIGTERMs (timeout, systemd) reach us too; the control
+    # plane decides when we stop (closing the channel), after reading final counters.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     udp = socket.socket(fileno=udp_fd)
     control = socket.socket(fileno=control_fd)
     worker: _Worker
     if role == "outbound":
-        worker = OutboundWorker(tun_fd, udp, control, exit_on_close=True)
+        worker = OutboundWorker(tun_fd, udp, control, exit_on_close=True, tun_offload=tun_offload)
     elif role == "inbound":
+        ike = socket.socket(fileno=ike_fd)
         worker = InboundWorker(
-            tun_fd, udp, control, socket.socket(fileno=ike_fd), exit_on_close=True
+            tun_fd, udp, control, ike, exit_on_close=True, tun_offload=tun_offload
         )
     else:
         raise SystemExit(f"unknown worker role {role!r}")
