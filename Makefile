@@ -51,7 +51,7 @@ bench: venv debs
 	$(PY) bench/tunnel.py
 
 demo: venv debs
-	$(PY) -m common.dataplane.demo
+	$(PY) bench/demo.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
