@@ -4,8 +4,12 @@ The window is split in two steps on purpose: ``check`` before decryption (cheap
 rejection of replays and of packets left of the window, without touching
 state) and ``commit`` only once the ICV has verified, so a forged packet can
 never move the window (RFC 4303 section 3.4.3; strongSwan libipsec does the
-same). The bitmap is one Python int: bit ``i`` set means sequence number
-``top - i`` was received. In-order traffic costs one shift and one OR.
+same).
+
+The bitmap is a ring of 64-bit blocks, as RFC 6479 describes: sliding the
+window forward clears whole blocks instead of shifting one big bitmap, so a
+packet costs a few small-int operations whatever the window size (a single
+4096-bit Python int had to be reallocated twice per packet).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Final
 
 DEFAULT_WINDOW: Final = 4096
 _LOW32: Final = 0xFFFFFFFF
+_BLOCK_BITS: Final = 64
 
 
 class ReplayWindow:
@@ -24,7 +29,7 @@ class ReplayWindow:
     marked as received from the start.
     """
 
-    __slots__ = ("_bitmap", "_shifted", "size", "top")
+    __slots__ = ("_block_mask", "_blocks", "size", "top")
 
     def __init__(self, size: int = DEFAULT_WINDOW) -> None:
         if size < 32:
@@ -33,35 +38,40 @@ class ReplayWindow:
             )
         self.size = size
         self.top = 0
-        self._bitmap = 1
-        self._shifted = 0
+        # RFC 6479 section 2: one block more than the window needs, so the
+        # block being filled never overlaps the oldest one still in the window;
+        # a power of two so the ring index is a mask.
+        blocks = 1
+        while blocks * _BLOCK_BITS < size + _BLOCK_BITS:
+            blocks *= 2
+        self._block_mask = blocks - 1
+        self._blocks = [0] * blocks
+        self._blocks[0] = 1  # sequence number 0
 
     def check(self, seq: int) -> bool:
         """True when ``seq`` is new and not left of the window. No state changes."""
         top = self.top
         if seq > top:
             return True
-        offset = top - seq
-        return offset < self.size and not (self._bitmap >> offset) & 1
+        if top - seq >= self.size:
+            return False
+        return not (self._blocks[(seq >> 6) & self._block_mask] >> (seq & 63)) & 1
 
     def commit(self, seq: int) -> None:
         """Record an authenticated packet; call only after ``check`` passed and the ICV verified."""
-        top = self.top
-        if seq > top:
-            shift = seq - top
+        blocks = self._blocks
+        mask = self._block_mask
+        if seq > self.top:
+            current = self.top >> 6
+            advance = (seq >> 6) - current
+            if advance > mask:
+                for index in range(mask + 1):
+                    blocks[index] = 0
+            else:
+                for step in range(1, advance + 1):
+                    blocks[(current + step) & mask] = 0
             self.top = seq
-            if shift >= self.size:
-                self._bitmap = 1
-                self._shifted = 0
-                return
-            self._bitmap = (self._bitmap << shift) | 1
-            self._shifted += shift
-            if self._shifted > self.size:
-                # Bits past the window are never read; trimming only bounds memory.
-                self._bitmap &= (1 << self.size) - 1
-                self._shifted = 0
-        else:
-            self._bitmap |= 1 << (top - seq)
+        blocks[(seq >> 6) & mask] |= 1 << (seq & 63)
 
     def infer_esn(self, seq_low: int) -> int:
         """Full 64-bit number for a received low half, RFC 4303 appendix A2.2.

@@ -66,6 +66,9 @@ SEQ_LIMIT_64: Final = 0xFFFFFFFFFFFFFFFF
 _SPI_SEQ: Final = struct.Struct("!II")
 _U32: Final = struct.Struct("!I")
 _U64: Final = struct.Struct("!Q")
+_HEADER_IV: Final = struct.Struct("!4sIQ")  # SPI, seq low, IV (= the 64-bit seq)
+_SPI_SEQ64: Final = struct.Struct("!4sQ")  # ESN AAD: SPI, seq high, seq low
+_NONCE: Final = struct.Struct("!4sQ")  # salt || IV (RFC 4106 4, RFC 7634 2)
 # RFC 4303 2.4: padding bytes are 1, 2, 3, ... ; the longest needed is 255.
 _PADDING: Final = bytes(range(1, 256))
 # Plain ints on the packet path: comparing against an IntEnum member costs ~200 ns here.
@@ -202,11 +205,13 @@ class OutboundSa:
         # the 64-bit sequence number is unique per SA by construction.
         # Both AEAD suites pad to 4 octets (RFC 4106 3.2, RFC 7634 2).
         trailers = self._trailers[0] if version == 4 else self._trailers[1]
-        iv = _U64.pack(seq)
-        header = self._spi_bytes + _U32.pack(seq & SEQ_LIMIT_32)
-        aad = self._spi_bytes + iv if self.esn else header
-        sealed = aead.encrypt(self._salt + iv, inner + trailers[-(len(inner) + 2) % 4], aad)
-        return header + iv + sealed
+        header_iv = _HEADER_IV.pack(self._spi_bytes, seq & SEQ_LIMIT_32, seq)
+        # RFC 4106 5 / RFC 7634 2.1: with ESN the AAD is SPI || seq high || seq low.
+        aad = _SPI_SEQ64.pack(self._spi_bytes, seq) if self.esn else header_iv[:8]
+        sealed = aead.encrypt(
+            _NONCE.pack(self._salt, seq), inner + trailers[-(len(inner) + 2) % 4], aad
+        )
+        return header_iv + sealed
 
     def encapsulate_at(self, inner: bytes, seq: int, iv: bytes) -> bytes:
         """Rebuild a packet with a given sequence number and IV, for test vectors only.
