@@ -24,7 +24,7 @@ from types import FrameType
 
 from common.dataplane.control import DataPlane, DataPlaneCounters
 from common.dataplane.messages import SaPair
-from common.dataplane.prefixmap import parse_network
+from common.dataplane.prefixmap import IpNetwork, parse_network
 from common.esp.natt import NAT_T_PORT
 from common.esp.suites import SUITES, suite_by_name, tunnel_mtu
 from common.hostnet.base import HostNetworkError
@@ -37,7 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the Outpost data plane with manually given SPIs and keys (test/bench).",
     )
     parser.add_argument("--tun", required=True, help="TUN device name to create")
-    parser.add_argument("--address", required=True, help="inner address/prefix on the TUN")
+    parser.add_argument(
+        "--address",
+        action="append",
+        required=True,
+        help="inner address/prefix on the TUN; repeat for IPv4 and IPv6 together",
+    )
     parser.add_argument("--local", required=True, help="outer address to bind")
     parser.add_argument("--local-port", type=int, default=NAT_T_PORT)
     parser.add_argument("--peer", required=True, help="peer's outer address")
@@ -75,11 +80,25 @@ def _counters_dict(counters: DataPlaneCounters) -> dict[str, object]:
     }
 
 
+def _covers(
+    interface: ipaddress.IPv4Interface | ipaddress.IPv6Interface, network: IpNetwork
+) -> bool:
+    if isinstance(interface, ipaddress.IPv4Interface) and isinstance(
+        network, ipaddress.IPv4Network
+    ):
+        return network.subnet_of(interface.network)
+    if isinstance(interface, ipaddress.IPv6Interface) and isinstance(
+        network, ipaddress.IPv6Network
+    ):
+        return network.subnet_of(interface.network)
+    return False
+
+
 def run(args: argparse.Namespace) -> int:
     suite = suite_by_name(args.suite)
     peer = ipaddress.ip_address(args.peer)
     remote_nets = [parse_network(n) for n in args.remote_net]
-    inner = ipaddress.ip_interface(args.address)
+    inner = [ipaddress.ip_interface(address) for address in args.address]
     with LinuxHostNetwork() as host:
         path_mtu = args.path_mtu or host.route_to(peer).mtu
         mtu = tunnel_mtu(path_mtu, (suite,), outer_ipv6=peer.version == 6)
@@ -88,9 +107,10 @@ def run(args: argparse.Namespace) -> int:
         udp.bind((args.local, args.local_port))
         tun = host.create_tun(args.tun, mtu=mtu, offload=not args.no_offload)
         try:
-            host.add_address(tun.name, inner)
+            for interface in inner:
+                host.add_address(tun.name, interface)
             for network in remote_nets:
-                if network.subnet_of(inner.network):  # type: ignore[arg-type]
+                if any(_covers(interface, network) for interface in inner):
                     continue  # the connected route already covers it
                 host.add_route(network, ifname=tun.name)
             return _serve(args, tun.fileno(), tun.offload, udp, suite.name, path_mtu, mtu)

@@ -18,6 +18,7 @@ writes on the returned devices may happen in any thread or worker.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -76,6 +77,18 @@ _FORWARDING_PATHS: Final = {
 _T = TypeVar("_T")
 
 _MTU_REASONS: Final = {errno.EINVAL: MTU_REJECTED}
+
+
+def _no_link_local(ifname: str) -> None:
+    """No IPv6 link-local address on the TUN (addr_gen_mode 1, "none").
+
+    A layer-3 tunnel has no neighbours to discover: with a link-local address
+    the kernel would send router solicitations and MLD reports into the
+    tunnel, which no peer routes. Best effort: IPv6 may be disabled.
+    """
+    path = f"/proc/sys/net/ipv6/conf/{ifname}/addr_gen_mode"
+    with contextlib.suppress(OSError), open(path, "w") as setting:
+        setting.write("1")
 
 
 class LinuxTunDevice:
@@ -200,6 +213,7 @@ class LinuxHostNetwork:
                 lambda: self._ipr.link("set", index=index, mtu=mtu),
                 _MTU_REASONS,
             )
+            _no_link_local(actual)
             self._netlink(
                 f"bringing {actual} up", lambda: self._ipr.link("set", index=index, state="up")
             )
