@@ -113,6 +113,7 @@ class DataPlane:
         self._pending: list[Event] = []
         self._tokens = itertools.count(1)
         self._started = False
+        self._stopped = False
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -229,6 +230,7 @@ class DataPlane:
                 thread.join(timeout_s)
         self._processes.clear()
         self._threads.clear()
+        self._stopped = True
 
     def _wake_threads(self) -> None:
         # Thread mode runs on socket-backed fakes: shutting the sockets down
@@ -283,9 +285,14 @@ class DataPlane:
         """Send an IKE message from port 4500 (RFC 3948 non-ESP marker prepended)."""
         self.udp.sendto(frame_ike(message), address)
 
-    def _send(self, role: str, message: object) -> None:
+    def _check_running(self) -> None:
         if not self._started:
             raise RuntimeError("start the data plane first")
+        if self._stopped:
+            raise DataPlaneError("the data plane is stopped")
+
+    def _send(self, role: str, message: object) -> None:
+        self._check_running()
         try:
             send_message(self._channels[role], message)
         except OSError as error:
@@ -303,7 +310,8 @@ class DataPlane:
 
     def read_ike(self) -> list[IkeDatagram]:
         """Every IKE datagram waiting (non-blocking)."""
-        assert self._ike is not None, "start the data plane first"
+        self._check_running()
+        assert self._ike is not None
         datagrams: list[IkeDatagram] = []
         while True:
             try:
@@ -317,6 +325,7 @@ class DataPlane:
 
     def read_events(self, timeout_s: float = 0.0) -> list[Event]:
         """Notices from the workers (rekey needed, peer moved, failures); waits ``timeout_s``."""
+        self._check_running()
         events, self._pending = self._pending, []
         deadline = time.monotonic() + timeout_s
         while True:

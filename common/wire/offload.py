@@ -85,7 +85,9 @@ def complete_checksum(packet: bytes, csum_start: int, csum_offset: int) -> bytes
     if field + 2 > len(packet) or csum_start >= len(packet):
         return None
     # The field holds the folded pseudo-header sum; summing over it completes the sum.
-    checksum = finish_checksum(ones_sum(memoryview(packet)[csum_start:]))
+    # A sum folding to zero is sent as 0xFFFF, as the kernel's skb_checksum_help
+    # does: zero means "no checksum" to UDP over IPv4 and is invalid over IPv6.
+    checksum = finish_checksum(ones_sum(memoryview(packet)[csum_start:])) or 0xFFFF
     return packet[:field] + _U16.pack(checksum) + packet[field + 2 :]
 
 
@@ -254,9 +256,25 @@ def _coalescable(packet: bytes) -> tuple[int, int, int] | None:
     header_len = ip_len + (packet[ip_len + 12] >> 4) * 4
     if header_len >= size or packet[ip_len + 13] & _NO_COALESCE_FLAGS:
         return None
+    if not _ip_lengths_ok(packet, version):
+        return None
     if not _tcp_checksum_ok(packet, version, ip_len):
         return None
     return version, ip_len, header_len
+
+
+def _ip_lengths_ok(packet: bytes, version: int) -> bool:
+    """The IP length field matches the bytes and an IPv4 header checksum verifies.
+
+    Merging rewrites both, so a packet the kernel would have refused must not
+    come out of ``_merge`` looking valid.
+    """
+    length: int
+    if version == 4:
+        (length,) = _U16.unpack_from(packet, 2)
+        return length == len(packet) and ones_sum(packet[:20]) == 0
+    (length,) = _U16.unpack_from(packet, 4)
+    return length + 40 == len(packet)
 
 
 def _same_flow(first: bytes, other: bytes, version: int, ip_len: int, header_len: int) -> bool:
@@ -264,11 +282,15 @@ def _same_flow(first: bytes, other: bytes, version: int, ip_len: int, header_len
         return False
     if version == 4:
         # TOS, DF, TTL, protocol, addresses; not length, ID or header checksum.
-        if first[1] != other[1] or first[6] != other[6] or first[8:10] != other[8:10]:
+        # Version/IHL, TOS, flags and the whole fragment offset, TTL, protocol;
+        # not length, ID or header checksum.
+        if first[:2] != other[:2] or first[6:8] != other[6:8] or first[8:10] != other[8:10]:
+            return False
+        if not _ip_lengths_ok(other, version):
             return False
         if first[12:20] != other[12:20]:
             return False
-    elif first[:4] != other[:4] or first[6:40] != other[6:40]:
+    elif first[:4] != other[:4] or first[6:40] != other[6:40] or not _ip_lengths_ok(other, 6):
         return False
     tcp = ip_len
     # Ports; then ack, data offset, window, urgent pointer and options; PSH may differ.
