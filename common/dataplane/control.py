@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from common.dataplane.base import enable_udp_offloads
 from common.dataplane.channel import channel_pair, receive_message, send_message
+from common.dataplane.inbound import InboundWorker
 from common.dataplane.messages import (
     Applied,
     CountersReport,
@@ -46,7 +48,7 @@ from common.dataplane.messages import (
     WorkerFailed,
     WorkerReady,
 )
-from common.dataplane.worker import InboundWorker, OutboundWorker, enable_udp_offloads
+from common.dataplane.outbound import OutboundWorker
 from common.esp.natt import frame_ike
 
 Mode = Literal["process", "thread"]

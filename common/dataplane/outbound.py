@@ -1,0 +1,196 @@
+"""The outbound worker: TUN -> ESP -> UDP.
+
+Flow::
+
+    TUN read (one packet, or a TCP super packet split by ``segment``)
+      --> inner destination --> peer (PrefixMap, longest prefix)
+      --> peer's current OutboundSa.encapsulate
+      --> UDP sendto, or one UDP GSO sendmsg for a super packet's segments
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from common.dataplane.base import (
+    GSO_MAX_BYTES,
+    GSO_MAX_SEGMENTS,
+    MAX_SUPER_PACKET,
+    U16_NATIVE,
+    UDP_SEGMENT,
+    Worker,
+    WorkerDrop,
+    esp_drop_counts,
+)
+from common.dataplane.messages import (
+    CountersReport,
+    PeerAddress,
+    RekeyNeeded,
+    SaCounters,
+    SaPair,
+)
+from common.dataplane.prefixmap import IpNetwork, PrefixMap, parse_network
+from common.esp.sa import DROP_COUNT, Drop, OutboundSa
+from common.esp.suites import suite_by_name
+from common.wire.offload import segment
+
+
+class _OutboundPeer:
+    __slots__ = ("address", "esp_drops", "networks", "peer_id", "rekey_reported", "sa")
+
+    def __init__(self, peer_id: int, sa: OutboundSa, address: PeerAddress) -> None:
+        self.peer_id = peer_id
+        self.sa = sa
+        self.address = address
+        self.networks: list[IpNetwork] = []
+        self.rekey_reported = False
+        self.esp_drops = [0] * DROP_COUNT
+
+
+class OutboundWorker(Worker):
+    """TUN -> ESP -> UDP. Holds every peer's current outbound SA and the inner routes."""
+
+    role = "outbound"
+
+    def __init__(
+        self,
+        tun_fd: int,
+        udp: socket.socket,
+        control: socket.socket,
+        *,
+        exit_on_close: bool,
+        tun_offload: bool = False,
+    ) -> None:
+        super().__init__(tun_fd, udp, control, exit_on_close=exit_on_close, tun_offload=tun_offload)
+        self.peers: dict[int, _OutboundPeer] = {}
+        self.routes: PrefixMap[_OutboundPeer] = PrefixMap()
+
+    def _pump_packets(self) -> None:
+        """Read, route, encrypt, send. With TUN offloads one read may hold ~40 TCP segments.
+
+        The segments of one super packet share their destination, so the
+        route is looked up once, and their ESP packets (equal sizes but the
+        last) leave in one UDP GSO ``sendmsg`` per 64 KiB.
+        """
+        read = os.read
+        tun = self.tun_fd
+        lookup = self.routes.lookup
+        drops = self.drops
+        offload = self.tun_offload
+        while True:
+            buffer = read(tun, MAX_SUPER_PACKET)
+            if not buffer:
+                if self.stopping:
+                    return
+                continue
+            packets = segment(buffer) if offload else [buffer]
+            if packets is None:
+                drops[WorkerDrop.NOT_IP] += 1
+                continue
+            first = packets[0]
+            version = first[0] >> 4
+            if version == 4:
+                peer = lookup(first[16:20])
+            elif version == 6:
+                peer = lookup(first[24:40])
+            else:
+                drops[WorkerDrop.NOT_IP] += 1
+                continue
+            if peer is None:
+                drops[WorkerDrop.NO_ROUTE] += 1
+                continue
+            encapsulate = peer.sa.encapsulate
+            batch: list[bytes] = []
+            for packet in packets:
+                esp = encapsulate(packet)
+                if isinstance(esp, bytes):
+                    batch.append(esp)
+                else:
+                    peer.esp_drops[esp] += 1
+            if batch:
+                self._send_batch(batch, peer.address)
+
+    def _send_batch(self, batch: list[bytes], address: PeerAddress) -> None:
+        """UDP GSO (``UDP_SEGMENT``): equal-sized datagrams but the last, in one system call."""
+        try:
+            if len(batch) == 1:
+                self.udp.sendto(batch[0], address)
+                return
+            size = len(batch[0])
+            per_call = max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size))
+            for start in range(0, len(batch), per_call):
+                chunk = batch[start : start + per_call]
+                if all(len(esp) == size for esp in chunk[:-1]) and len(chunk[-1]) <= size:
+                    control = [(socket.SOL_UDP, UDP_SEGMENT, U16_NATIVE.pack(size))]
+                    self.udp.sendmsg(chunk, control, 0, address)
+                else:
+                    for esp in chunk:
+                        self.udp.sendto(esp, address)
+        except OSError:
+            self.drops[WorkerDrop.SEND_FAILED] += 1
+
+    def _install(self, pair: SaPair) -> None:
+        sa = OutboundSa(
+            pair.outbound_spi,
+            suite_by_name(pair.suite),
+            pair.outbound_keymat,
+            esn=pair.esn,
+            soft_limit=pair.soft_seq_limit,
+        )
+        peer = self.peers.get(pair.peer_id)
+        if peer is None:
+            peer = _OutboundPeer(pair.peer_id, sa, pair.peer_address)
+            self.peers[pair.peer_id] = peer
+        else:
+            self._retire(peer.sa)
+            peer.sa = sa  # make before break: the next packet uses the new SA
+            peer.address = pair.peer_address
+            peer.rekey_reported = False
+        networks = [parse_network(n) for n in pair.inner_networks]
+        for stale in peer.networks:
+            if stale not in networks:
+                self.routes.remove(stale)
+        for network in networks:
+            self.routes.add(network, peer)
+        peer.networks = networks
+
+    def _retire(self, sa: OutboundSa) -> None:
+        self.retired_packets += sa.packets
+        self.retired_octets += sa.octets
+
+    def _remove_peer(self, peer_id: int) -> None:
+        peer = self.peers.pop(peer_id, None)
+        if peer is None:
+            return
+        for network in peer.networks:
+            self.routes.remove(network)
+        self._retire(peer.sa)
+        for reason in Drop:
+            self.retired_esp_drops[reason] += peer.esp_drops[reason]
+
+    def _set_peer_address(self, peer_id: int, address: PeerAddress) -> None:
+        peer = self.peers.get(peer_id)
+        if peer is not None:
+            peer.address = address
+
+    def _expired_housekeeping(self) -> None:
+        for peer in list(self.peers.values()):
+            if peer.sa.rekey_needed and not peer.rekey_reported:
+                peer.rekey_reported = True
+                self._notify(RekeyNeeded(peer.peer_id, peer.sa.spi))
+
+    def _counters(self, token: int) -> CountersReport:
+        sas = tuple(
+            SaCounters(
+                spi=peer.sa.spi,
+                peer_id=peer.peer_id,
+                direction="outbound",
+                packets=peer.sa.packets,
+                octets=peer.sa.octets,
+                drops=esp_drop_counts(peer.esp_drops),
+                sequence=peer.sa.seq,
+            )
+            for peer in list(self.peers.values())
+        )
+        return CountersReport(token, self.role, self._totals(sas), sas)
