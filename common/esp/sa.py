@@ -100,7 +100,44 @@ def _check_spi(spi: int) -> None:
         raise ValueError(f"ESP SPI {spi:#x} is outside 256..2^32-1 (RFC 4303 2.1)")
 
 
-class OutboundSa:
+class _EspSa:
+    """What both halves of a Child SA hold: identity, keys, one cipher object, counters."""
+
+    __slots__ = (
+        "_aead",
+        "_cipher_key",
+        "_hash_name",
+        "_integ_key",
+        "_salt",
+        "_spi_bytes",
+        "esn",
+        "octets",
+        "packets",
+        "spi",
+        "suite",
+    )
+
+    def __init__(self, spi: int, suite: EspSuite, keymat: bytes, esn: bool) -> None:
+        _check_spi(spi)
+        key, salt, integ = suite.split_keymat(keymat)
+        self.spi = spi
+        self.suite = suite
+        self.esn = esn
+        self.packets = 0
+        self.octets = 0
+        self._spi_bytes = _U32.pack(spi)
+        self._salt = salt
+        self._integ_key = integ
+        self._hash_name = suite.hash_name
+        if suite.is_aead:
+            self._aead: AESGCM | ChaCha20Poly1305 | None = _Aead.build(suite, key)
+            self._cipher_key = b""
+        else:
+            self._aead = None
+            self._cipher_key = key
+
+
+class OutboundSa(_EspSa):
     """The sending half of a Child SA: sequence counter, key, and the framing.
 
     Drivers: the outbound data-plane worker calls ``encapsulate`` per packet and
@@ -108,26 +145,7 @@ class OutboundSa:
     from the keys IKE derived (``ChildSaEstablished``).
     """
 
-    __slots__ = (
-        "_aead",
-        "_cipher_key",
-        "_hash_name",
-        "_integ_key",
-        "_rng",
-        "_salt",
-        "_seal",
-        "_soft_limit",
-        "_spi_bytes",
-        "_trailers",
-        "esn",
-        "octets",
-        "packets",
-        "rekey_needed",
-        "seq",
-        "seq_limit",
-        "spi",
-        "suite",
-    )
+    __slots__ = ("_rng", "_seal", "_soft_limit", "_trailers", "rekey_needed", "seq", "seq_limit")
 
     def __init__(
         self,
@@ -151,33 +169,18 @@ class OutboundSa:
                 CREATE_CHILD_SA exchange to finish at any packet rate we reach.
             rng: randomness for CBC IVs (RFC 3602 3: unpredictable IVs).
         """
-        _check_spi(spi)
-        key, salt, integ = suite.split_keymat(keymat)
-        self.spi = spi
-        self.suite = suite
-        self.esn = esn
+        super().__init__(spi, suite, keymat, esn)
         self.seq = 0
         self.seq_limit = SEQ_LIMIT_64 if esn else SEQ_LIMIT_32
         self._soft_limit = soft_limit if soft_limit is not None else self.seq_limit // 8 * 7
         if not 0 < self._soft_limit <= self.seq_limit:
             raise ValueError("soft sequence limit must lie within the sequence space")
         self.rekey_needed = False
-        self.packets = 0
-        self.octets = 0
-        self._spi_bytes = _U32.pack(spi)
-        self._salt = salt
-        self._integ_key = integ
-        self._hash_name = suite.hash_name
         self._rng = rng
         self._trailers = _trailers(suite.alignment)
-        if suite.is_aead:
-            self._aead: AESGCM | ChaCha20Poly1305 | None = _Aead.build(suite, key)
-            self._cipher_key = b""
-            self._seal: Callable[[bytes, int, bytes], bytes] = self._seal_aead
-        else:
-            self._aead = None
-            self._cipher_key = key
-            self._seal = self._seal_cbc
+        self._seal: Callable[[bytes, int, bytes], bytes] = (
+            self._seal_aead if suite.is_aead else self._seal_cbc
+        )
 
     def __repr__(self) -> str:
         return f"OutboundSa(spi={self.spi:#010x}, suite={self.suite.name}, seq={self.seq})"
@@ -248,7 +251,7 @@ class OutboundSa:
         return body + icv[: self.suite.icv_len]
 
 
-class InboundSa:
+class InboundSa(_EspSa):
     """The receiving half of a Child SA: replay window, key, and the unframing.
 
     Drivers: the inbound data-plane worker finds the SA by SPI and calls
@@ -256,22 +259,7 @@ class InboundSa:
     ``Drop``) are read by the control plane in batches.
     """
 
-    __slots__ = (
-        "_aead",
-        "_cipher_key",
-        "_hash_name",
-        "_integ_key",
-        "_min_len",
-        "_salt",
-        "_spi_bytes",
-        "drops",
-        "esn",
-        "octets",
-        "packets",
-        "replay",
-        "spi",
-        "suite",
-    )
+    __slots__ = ("_min_len", "drops", "replay")
 
     def __init__(
         self,
@@ -282,28 +270,12 @@ class InboundSa:
         esn: bool = False,
         replay_window: int = DEFAULT_WINDOW,
     ) -> None:
-        _check_spi(spi)
-        key, salt, integ = suite.split_keymat(keymat)
-        self.spi = spi
-        self.suite = suite
-        self.esn = esn
+        super().__init__(spi, suite, keymat, esn)
         self.replay = ReplayWindow(replay_window)
-        self.packets = 0
-        self.octets = 0
         self.drops = [0] * DROP_COUNT
-        self._spi_bytes = _U32.pack(spi)
-        self._salt = salt
-        self._integ_key = integ
-        self._hash_name = suite.hash_name
         # Header, IV, at least the 2-octet trailer (a whole block for CBC), ICV.
         least_ciphertext = 2 if suite.is_aead else suite.alignment
         self._min_len = 8 + suite.iv_len + least_ciphertext + suite.icv_len
-        if suite.is_aead:
-            self._aead: AESGCM | ChaCha20Poly1305 | None = _Aead.build(suite, key)
-            self._cipher_key = b""
-        else:
-            self._aead = None
-            self._cipher_key = key
 
     def __repr__(self) -> str:
         return f"InboundSa(spi={self.spi:#010x}, suite={self.suite.name}, top={self.replay.top})"
