@@ -19,8 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import netlab
-from netlab import Iperf3, LabError, NamespacePair, OutpostManualTunnel, OutpostSide
+from netlab.iperf import Iperf3
+from netlab.netns import NamespacePair, ping
+from netlab.outpost import OutpostManualTunnel, mirrored_sides
+from netlab.process import LabError, install_signal_handlers, require_tools
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = "aes256gcm16"
@@ -31,20 +33,23 @@ def main() -> int:
     if os.geteuid() != 0:
         print("make demo builds network namespaces and TUN devices: run it as root.")
         return 2
-    netlab.require_tools("ip", "ping", "iperf3")
-    netlab.install_signal_handlers()
+    require_tools("ip", "ping", "iperf3")
+    install_signal_handlers()
     key_a_in, key_b_in = secrets.token_hex(36), secrets.token_hex(36)
     spi_a, spi_b = 0x1000 + secrets.randbelow(1 << 20), 0x2000000 + secrets.randbelow(1 << 20)
     with (
         tempfile.TemporaryDirectory(prefix="outpost-demo-") as logs,
         NamespacePair(prefix="odemo") as pair,
     ):
-        sides = (
-            OutpostSide(pair.ns_a, f"{INNER_A}/24", pair.ip_a, pair.ip_b, spi_a, spi_b,
-                        key_a_in, key_b_in, [f"{INNER_B}/32"]),
-            OutpostSide(pair.ns_b, f"{INNER_B}/24", pair.ip_b, pair.ip_a, spi_b, spi_a,
-                        key_b_in, key_a_in, [f"{INNER_A}/32"]),
-        )  # fmt: skip
+        sides = mirrored_sides(
+            pair,
+            inner_a=INNER_A,
+            inner_b=INNER_B,
+            spi_a_in=spi_a,
+            spi_b_in=spi_b,
+            key_a_in=key_a_in,
+            key_b_in=key_b_in,
+        )
         tunnels = [
             OutpostManualTunnel(
                 side, python=sys.executable, cwd=REPO, suite=SUITE, log_dir=Path(logs)
@@ -58,11 +63,8 @@ def main() -> int:
             print(f"tunnel up: {pair.ns_a} {INNER_A} <-> {pair.ns_b} {INNER_B}, {SUITE}, "
                   f"ESP in UDP 4500, TUN MTU {ready['tun_mtu']} for a path MTU of "
                   f"{ready['path_mtu']}")  # fmt: skip
-            ping = netlab.run(
-                netlab.ns_cmd(pair.ns_a, "ping", "-c", "5", "-i", "0.2", "-W", "2", INNER_B),
-                timeout=20,
-            )
-            rtt = re.search(r"= [\d.]+/([\d.]+)/", ping.stdout)
+            pings = ping(pair.ns_a, INNER_B, count=5, timeout=20)
+            rtt = re.search(r"= [\d.]+/([\d.]+)/", pings.stdout)
             print(f"ping {INNER_B} through the tunnel: 5/5 replies, "
                   f"average round trip {rtt.group(1) if rtt else '?'} ms")  # fmt: skip
             tcp = Iperf3(pair.ns_a, pair.ns_b, INNER_B).tcp(3.0)

@@ -43,19 +43,19 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
-import netlab
-from netlab import (
+from netlab.cpu import CpuMeter
+from netlab.iperf import Iperf3, TcpResult, UdpResult
+from netlab.netns import NamespacePair, ping, remove_stale_namespaces, set_mtu
+from netlab.outpost import OutpostManualTunnel, mirrored_sides
+from netlab.process import (
+    CHARON,
     CLEANUP,
-    CpuMeter,
-    Iperf3,
     LabError,
-    NamespacePair,
-    OutpostManualTunnel,
-    OutpostSide,
-    SwanTunnel,
-    TcpResult,
-    UdpResult,
+    install_signal_handlers,
+    require_tools,
+    run,
 )
+from netlab.swan import SwanTunnel
 
 REPO: Final = Path(__file__).resolve().parent.parent
 RESULTS: Final = REPO / "bench" / "results" / "tunnel.json"
@@ -236,7 +236,7 @@ def _wait_link_gone(ns: str, dev: str, timeout: float = 5.0) -> None:
     """Wait until a TUN device disappears (its owner closed it on exit)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if netlab.run(["ip", "-n", ns, "link", "show", dev], check=False).returncode != 0:
+        if run(["ip", "-n", ns, "link", "show", dev], check=False).returncode != 0:
             return
         time.sleep(0.1)
     raise LabError(f"{dev} still present in {ns} after its tunnel stopped")
@@ -247,12 +247,15 @@ def run_outpost(pair: NamespacePair, suite: str, settings: Settings) -> PathResu
     result = PathResult("outpost", suite)
     key_a_in = secrets.token_hex(KEYMAT_LEN[suite])
     key_b_in = secrets.token_hex(KEYMAT_LEN[suite])
-    sides = (
-        OutpostSide(pair.ns_a, f"{INNER_A}/24", pair.ip_a, pair.ip_b, SPI_A_IN, SPI_B_IN,
-                    key_a_in, key_b_in, [f"{INNER_B}/32"]),
-        OutpostSide(pair.ns_b, f"{INNER_B}/24", pair.ip_b, pair.ip_a, SPI_B_IN, SPI_A_IN,
-                    key_b_in, key_a_in, [f"{INNER_A}/32"]),
-    )  # fmt: skip
+    sides = mirrored_sides(
+        pair,
+        inner_a=INNER_A,
+        inner_b=INNER_B,
+        spi_a_in=SPI_A_IN,
+        spi_b_in=SPI_B_IN,
+        key_a_in=key_a_in,
+        key_b_in=key_b_in,
+    )
     tunnels = [
         OutpostManualTunnel(
             side, python=settings.python, cwd=REPO, suite=suite, log_dir=settings.workdir
@@ -268,12 +271,9 @@ def run_outpost(pair: NamespacePair, suite: str, settings: Settings) -> PathResu
             mtu = int(ready["tun_mtu"])
             if not settings.outpost_native_mtu and settings.inner_mtu < mtu:
                 mtu = settings.inner_mtu
-                netlab.run(["ip", "-n", tunnel.side.ns, "link", "set", tunnel.tun, "mtu", str(mtu)])
+                set_mtu(tunnel.side.ns, tunnel.tun, mtu)
             result.mtu = mtu
-        netlab.run(
-            netlab.ns_cmd(pair.ns_a, "ping", "-c", "3", "-i", "0.2", "-W", "2", INNER_B),
-            timeout=15,
-        )
+        ping(pair.ns_a, INNER_B)
         pids = [t.pid for t in tunnels]
         measure(pair, Iperf3(pair.ns_a, pair.ns_b, INNER_B), result, settings, pids)
         for tunnel in tunnels:
@@ -410,7 +410,7 @@ def environment() -> dict[str, Any]:
 
     def first_line(cmd: list[str]) -> str | None:
         with contextlib.suppress(LabError, OSError):
-            out = netlab.run(cmd, timeout=10, check=False)
+            out = run(cmd, timeout=10, check=False)
             return (out.stdout or out.stderr).strip().splitlines()[0]
         return None
 
@@ -420,7 +420,7 @@ def environment() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "iperf3": first_line(["iperf3", "--version"]),
-        "strongswan": first_line([netlab.CHARON, "--version"]),
+        "strongswan": first_line([CHARON, "--version"]),
         "git": first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
     }
 
@@ -469,14 +469,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     tools = ["ip", "ss", "ping", "iperf3"]
     if not args.no_strongswan:
-        tools += ["unshare", "mount", "swanctl", netlab.CHARON]
+        tools += ["unshare", "mount", "swanctl", CHARON]
     try:
-        netlab.require_tools(*tools)
+        require_tools(*tools)
     except LabError as error:
         print(f"tunnel.py: {error}", file=sys.stderr)
         return 2
-    netlab.install_signal_handlers()
-    for stale in netlab.remove_stale_namespaces(NS_PREFIX):
+    install_signal_handlers()
+    for stale in remove_stale_namespaces(NS_PREFIX):
         log(f"removed stale namespace {stale} from an earlier interrupted run")
 
     workdir = Path(tempfile.mkdtemp(prefix="obtun-bench-"))
