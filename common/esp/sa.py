@@ -69,6 +69,8 @@ _U64: Final = struct.Struct("!Q")
 _HEADER_IV: Final = struct.Struct("!4sIQ")  # SPI, seq low, IV (= the 64-bit seq)
 _SPI_SEQ64: Final = struct.Struct("!4sQ")  # ESN AAD: SPI, seq high, seq low
 _NONCE: Final = struct.Struct("!4sQ")  # salt || IV (RFC 4106 4, RFC 7634 2)
+_pack_header_iv: Final = _HEADER_IV.pack  # bound once: one lookup less per packet
+_pack_nonce: Final = _NONCE.pack
 # RFC 4303 2.4: padding bytes are 1, 2, 3, ... ; the longest needed is 255.
 _PADDING: Final = bytes(range(1, 256))
 # Plain ints on the packet path: comparing against an IntEnum member costs ~200 ns here.
@@ -77,11 +79,18 @@ _NH_IPV6: Final = int(IpProtocol.IPV6)
 _NH_DUMMY: Final = int(IpProtocol.NO_NEXT_HEADER)
 
 
-def _trailers(alignment: int) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
-    """Precomputed padding + pad length + next header, indexed by pad length, per IP version."""
-    v4 = tuple(_PADDING[:pad] + bytes((pad, _NH_IPV4)) for pad in range(alignment))
-    v6 = tuple(_PADDING[:pad] + bytes((pad, _NH_IPV6)) for pad in range(alignment))
-    return v4, v6
+def _trailers(alignment: int) -> tuple[tuple[bytes, ...] | None, ...]:
+    """Padding + pad length + next header, by IP version nibble, then by pad length.
+
+    One table lookup both validates the inner packet's version and picks its
+    next header (4 or 41, RFC 4303 2.6); other versions find ``None``.
+    """
+    by_version: list[tuple[bytes, ...] | None] = [None] * 16
+    for version, next_header in ((4, _NH_IPV4), (6, _NH_IPV6)):
+        by_version[version] = tuple(
+            _PADDING[:pad] + bytes((pad, next_header)) for pad in range(alignment)
+        )
+    return tuple(by_version)
 
 
 class _Aead:
@@ -112,7 +121,6 @@ class _EspSa:
         "_spi_bytes",
         "esn",
         "octets",
-        "packets",
         "spi",
         "suite",
     )
@@ -123,7 +131,6 @@ class _EspSa:
         self.spi = spi
         self.suite = suite
         self.esn = esn
-        self.packets = 0
         self.octets = 0
         self._spi_bytes = _U32.pack(spi)
         self._salt = salt
@@ -185,6 +192,11 @@ class OutboundSa(_EspSa):
     def __repr__(self) -> str:
         return f"OutboundSa(spi={self.spi:#010x}, suite={self.suite.name}, seq={self.seq})"
 
+    @property
+    def packets(self) -> int:
+        """Packets sent: each one took the next sequence number, so no second counter."""
+        return self.seq
+
     def encapsulate(self, inner: bytes) -> bytes | Drop:
         """Wrap one inner IP packet; a ``Drop`` when it cannot be sent."""
         seq = self.seq + 1
@@ -192,13 +204,11 @@ class OutboundSa(_EspSa):
             if seq > self.seq_limit:
                 return Drop.SEQUENCE_EXHAUSTED  # RFC 4303 3.3.3: never cycle the counter
             self.rekey_needed = True
-        if not inner:
-            return Drop.NOT_IP
-        version = inner[0] >> 4
-        if version != 4 and version != 6:
+        # Indexed by the IP version nibble: the trailers, or None when not IPv4/IPv6.
+        trailers = self._trailers[inner[0] >> 4] if inner else None
+        if trailers is None:
             return Drop.NOT_IP
         self.seq = seq
-        self.packets += 1
         self.octets += len(inner)
         aead = self._aead
         if aead is None:
@@ -207,12 +217,11 @@ class OutboundSa(_EspSa):
         # RFC 4106 3.1 / RFC 7634 2: the IV must never repeat under one key;
         # the 64-bit sequence number is unique per SA by construction.
         # Both AEAD suites pad to 4 octets (RFC 4106 3.2, RFC 7634 2).
-        trailers = self._trailers[0] if version == 4 else self._trailers[1]
-        header_iv = _HEADER_IV.pack(self._spi_bytes, seq & SEQ_LIMIT_32, seq)
+        header_iv = _pack_header_iv(self._spi_bytes, seq & SEQ_LIMIT_32, seq)
         # RFC 4106 5 / RFC 7634 2.1: with ESN the AAD is SPI || seq high || seq low.
         aad = _SPI_SEQ64.pack(self._spi_bytes, seq) if self.esn else header_iv[:8]
         sealed = aead.encrypt(
-            _NONCE.pack(self._salt, seq), inner + trailers[-(len(inner) + 2) % 4], aad
+            _pack_nonce(self._salt, seq), inner + trailers[-(len(inner) + 2) % 4], aad
         )
         return header_iv + sealed
 
@@ -225,7 +234,8 @@ class OutboundSa(_EspSa):
         return self._seal(inner, seq, iv)
 
     def _trailer(self, inner: bytes) -> bytes:
-        by_pad = self._trailers[0] if inner[0] >> 4 == 4 else self._trailers[1]
+        by_pad = self._trailers[inner[0] >> 4]
+        assert by_pad is not None, "encapsulate checks the IP version first"
         return by_pad[-(len(inner) + 2) % len(by_pad)]
 
     def _seal_aead(self, inner: bytes, seq: int, iv: bytes) -> bytes:
@@ -259,7 +269,7 @@ class InboundSa(_EspSa):
     ``Drop``) are read by the control plane in batches.
     """
 
-    __slots__ = ("_min_len", "drops", "replay")
+    __slots__ = ("_min_len", "drops", "packets", "replay")
 
     def __init__(
         self,
@@ -273,6 +283,7 @@ class InboundSa(_EspSa):
         super().__init__(spi, suite, keymat, esn)
         self.replay = ReplayWindow(replay_window)
         self.drops = [0] * DROP_COUNT
+        self.packets = 0
         # Header, IV, at least the 2-octet trailer (a whole block for CBC), ICV.
         least_ciphertext = 2 if suite.is_aead else suite.alignment
         self._min_len = 8 + suite.iv_len + least_ciphertext + suite.icv_len
