@@ -1,1 +1,1 @@
-"""IKEv2 (RFC 7296) core; for now only the IANA registries the ESP core shares."""
+"""IKEv2 (RFC 7296) core, sans-IO: registries, codecs, key derivation, exchanges."""
