@@ -40,7 +40,9 @@ def _core_modules() -> list[str]:
     for package in CORE_PACKAGES:
         folder = REPO.joinpath(*package.split("."))
         modules.append(package)
-        modules += [f"{package}.{path.stem}" for path in sorted(folder.glob("*.py"))]
+        for path in sorted(folder.rglob("*.py")):
+            relative = path.relative_to(REPO).with_suffix("")
+            modules.append(".".join(relative.parts))
     return [m for m in modules if not m.endswith("__init__")]
 
 
@@ -63,7 +65,7 @@ def test_core_sources_never_name_forbidden_modules() -> None:
     """Catches imports hidden inside functions, which an import-time check cannot see."""
     problems = []
     for package in CORE_PACKAGES:
-        for path in REPO.joinpath(*package.split(".")).glob("*.py"):
+        for path in REPO.joinpath(*package.split(".")).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 names: list[str] = []
                 if isinstance(node, ast.Import):
