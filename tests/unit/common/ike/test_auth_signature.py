@@ -12,7 +12,7 @@ import datetime
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 from common.ike.auth import (
@@ -27,6 +27,8 @@ from common.ike.auth import (
 def _key(scheme: SignatureScheme) -> SigningKey:
     if scheme is SignatureScheme.ED25519:
         return ed25519.Ed25519PrivateKey.generate()
+    if scheme.name.startswith("RSA_PSS"):
+        return rsa.generate_private_key(65537, 2048)
     curve = ec.SECP256R1() if scheme is SignatureScheme.ECDSA_SHA256 else ec.SECP384R1()
     return ec.generate_private_key(curve)
 
