@@ -32,7 +32,12 @@ FORBIDDEN = (
     "common.dataplane",
     "common.hostnet",
 )
-PRELOADED = "import cryptography.hazmat.primitives.ciphers.aead, hashlib, hmac, struct, enum"
+# Third-party modules the cores may use; what they import is theirs, not ours
+# (cryptography.x509 pulls in socket through the standard library's email.utils).
+PRELOADED = (
+    "import cryptography.hazmat.primitives.ciphers.aead, cryptography.x509, "
+    "cryptography.x509.verification, nacl.bindings, hashlib, hmac, struct, enum"
+)
 
 
 def _core_modules() -> list[str]:

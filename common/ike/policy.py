@@ -1,0 +1,93 @@
+"""What an IKE session is told from outside: identities, its configuration, and the
+responder's policy (who may connect, with which key, getting which address).
+
+``IkeConfiguration`` is per session (aioquic's ``QuicConfiguration``);
+``ResponderPolicy`` is the concentrator's answer to "who is this peer?",
+asked only after the IKE_SA_INIT keys exist, so an implementation may look
+users up in a store without being exposed to unauthenticated floods.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from common.ike import defaults
+from common.ike.constants import IdType
+
+Ip4Address = ipaddress.IPv4Address
+Ip4Network = ipaddress.IPv4Network
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """An IKE identity as carried in IDi/IDr (RFC 7296 3.5)."""
+
+    id_type: IdType
+    data: bytes
+
+    @classmethod
+    def fqdn(cls, name: str) -> Identity:
+        """ID_FQDN: a domain name, no terminator (RFC 7296 3.5)."""
+        return cls(IdType.ID_FQDN, name.encode("ascii"))
+
+    @classmethod
+    def rfc822(cls, address: str) -> Identity:
+        """ID_RFC822_ADDR: an e-mail style user@domain (RFC 7296 3.5)."""
+        return cls(IdType.ID_RFC822_ADDR, address.encode("ascii"))
+
+    def __str__(self) -> str:
+        if self.id_type in (IdType.ID_FQDN, IdType.ID_RFC822_ADDR):
+            return self.data.decode("ascii", "replace")
+        return f"{self.id_type.name}:{self.data.hex()}"
+
+
+@dataclass(frozen=True, slots=True)
+class IkeConfiguration:
+    """Per-session settings for either role.
+
+    Attributes:
+        local_id: the identity we send (IDi or IDr).
+        remote_id: the identity we expect and, as initiator, send as IDr.
+        psk: the initiator's pre-shared key; the responder asks its policy.
+        ike_proposals: strongSwan-style IKE proposal strings (``common.ike.proposals``).
+        esp_proposals: strongSwan-style ESP proposal strings.
+        force_encapsulation: fake the NAT_DETECTION_SOURCE_IP hash so both
+            sides move to UDP 4500 even without a NAT (strongSwan ``encap=yes``).
+        request_address: the initiator asks for an inner address and DNS (CP).
+    """
+
+    local_id: Identity
+    remote_id: Identity | None = None
+    psk: bytes = field(default=b"", repr=False)
+    ike_proposals: tuple[str, ...] = defaults.IKE_PROPOSALS
+    esp_proposals: tuple[str, ...] = defaults.ESP_PROPOSALS
+    force_encapsulation: bool = False
+    request_address: bool = True
+
+
+class ResponderPolicy(Protocol):
+    """The concentrator's decisions about an authenticating peer.
+
+    Called by the responder during IKE_AUTH; every method may be called for an
+    identity whose AUTH has not been checked yet (``psk_for``) or has
+    (the others), never for one that failed.
+    """
+
+    def psk_for(self, identity: Identity) -> bytes | None:
+        """The pre-shared key of ``identity``, or None for an unknown peer."""
+        ...
+
+    def lease_address(self, identity: Identity) -> Ip4Address | None:
+        """An inner address for ``identity``, or None when the pool is exhausted."""
+        ...
+
+    def dns_servers(self) -> Sequence[Ip4Address]:
+        """DNS servers to hand out (INTERNAL_IP4_DNS)."""
+        ...
+
+    def subnets_for(self, identity: Identity) -> Sequence[Ip4Network]:
+        """Networks ``identity`` may reach: TSr and INTERNAL_IP4_SUBNET."""
+        ...

@@ -1,0 +1,195 @@
+"""An in-memory initiator + responder pair with a fake clock (STYLE.md "ike_pair() helper").
+
+Merges aioquic's ``client_and_server()`` with strongSwan's ``establish_sa()``:
+both ``IkeSession`` cores talk through ``transfer``, which can drop, duplicate
+or reorder datagrams, while ``clock`` stands in for ``loop.time()``. There are
+no sockets and no sleeps; randomness is a seeded ``random.Random`` so a
+failing run can be replayed exactly.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from common.ike.events import IkeEvent
+from common.ike.policy import Identity, IkeConfiguration
+from common.ike.session import Address, IkeSession
+
+INITIATOR_IP = "192.0.2.10"
+RESPONDER_IP = "198.51.100.1"
+PRIVATE_IP = "192.168.1.10"  # the initiator's own address when ``behind_nat``
+CLIENT_ID = Identity.rfc822("alice@example.org")
+GATEWAY_ID = Identity.fqdn("vpn.example.org")
+PSK = b"correct horse battery staple"
+OFFICE = (ipaddress.IPv4Network("10.1.0.0/16"), ipaddress.IPv4Network("10.2.0.0/24"))
+POOL = (ipaddress.IPv4Address("10.99.0.2"), ipaddress.IPv4Address("10.99.0.3"))
+DNS = (ipaddress.IPv4Address("10.1.0.53"),)
+
+
+@dataclass
+class FakeClock:
+    """Monotonic seconds, moved only by the test."""
+
+    now: float = 1000.0
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+@dataclass
+class MemoryPolicy:
+    """A ``ResponderPolicy`` backed by dicts and a list of free addresses."""
+
+    psks: dict[Identity, bytes] = field(default_factory=lambda: {CLIENT_ID: PSK})
+    pool: list[ipaddress.IPv4Address] = field(default_factory=lambda: list(POOL))
+    dns: tuple[ipaddress.IPv4Address, ...] = DNS
+    subnets: tuple[ipaddress.IPv4Network, ...] = OFFICE
+    leases: dict[Identity, ipaddress.IPv4Address] = field(default_factory=dict)
+
+    def psk_for(self, identity: Identity) -> bytes | None:
+        return self.psks.get(identity)
+
+    def lease_address(self, identity: Identity) -> ipaddress.IPv4Address | None:
+        if identity not in self.leases:
+            if not self.pool:
+                return None
+            self.leases[identity] = self.pool.pop(0)
+        return self.leases[identity]
+
+    def dns_servers(self) -> Sequence[ipaddress.IPv4Address]:
+        return self.dns
+
+    def subnets_for(self, identity: Identity) -> Sequence[ipaddress.IPv4Network]:
+        return self.subnets
+
+
+def seeded_rng(seed: int) -> Callable[[int], bytes]:
+    """Deterministic randomness for SPIs, nonces and DH keys."""
+    return random.Random(seed).randbytes
+
+
+@dataclass
+class IkePair:
+    """Two sessions, the clock, and what crossed the wire (for assertions)."""
+
+    initiator: IkeSession
+    responder: IkeSession
+    clock: FakeClock
+    policy: MemoryPolicy
+    wire: list[tuple[str, bytes, Address, Address]] = field(default_factory=list)
+
+    def peer_of(self, session: IkeSession) -> IkeSession:
+        return self.responder if session is self.initiator else self.initiator
+
+    def source_of(self, session: IkeSession) -> Address:
+        """The sender's address as the receiver sees it (no NAT in between)."""
+        ip = INITIATOR_IP if session is self.initiator else RESPONDER_IP
+        return (ip, 4500 if session.use_nat_t else 500)
+
+    def transfer(
+        self,
+        sender: IkeSession,
+        *,
+        drop: Collection[int] = (),
+        duplicate: Collection[int] = (),
+        reorder: bool = False,
+    ) -> int:
+        """Deliver what ``sender`` queued to its peer; returns how many were queued.
+
+        Args:
+            drop: indices (in send order) of datagrams lost on the way.
+            duplicate: indices of datagrams delivered twice.
+            reorder: deliver the batch in reverse order.
+        """
+        datagrams = sender.datagrams_to_send(self.clock.now)
+        source = self.source_of(sender)
+        order: Iterable[int] = range(len(datagrams))
+        if reorder:
+            order = reversed(range(len(datagrams)))
+        receiver = self.peer_of(sender)
+        name = "i->r" if sender is self.initiator else "r->i"
+        for index in order:
+            data, destination = datagrams[index]
+            self.wire.append((name, data, source, destination))
+            if index in drop:
+                continue
+            for _ in range(2 if index in duplicate else 1):
+                receiver.receive_datagram(data, source, self.clock.now)
+        return len(datagrams)
+
+    def roundtrip(self) -> int:
+        """Initiator to responder, then back; returns the datagrams moved."""
+        return self.transfer(self.initiator) + self.transfer(self.responder)
+
+    def run(self, max_rounds: int = 10) -> None:
+        """Exchange datagrams until both sides are quiet."""
+        for _ in range(max_rounds):
+            if not self.roundtrip():
+                return
+        raise AssertionError("the pair never went quiet")
+
+    def fire_timer(self, session: IkeSession) -> None:
+        """Move the clock to ``session``'s deadline and let it expire."""
+        deadline = session.get_timer()
+        assert deadline is not None, "no timer armed"
+        self.clock.now = max(self.clock.now, deadline)
+        session.handle_timer(self.clock.now)
+
+
+def events(session: IkeSession) -> list[IkeEvent]:
+    """Drain ``session``'s event queue."""
+    drained: list[IkeEvent] = []
+    while (event := session.next_event()) is not None:
+        drained.append(event)
+    return drained
+
+
+def ike_pair(
+    *,
+    ike: Sequence[str] = ("aes256gcm16-prfsha256-x25519",),
+    esp: Sequence[str] = ("aes256gcm16",),
+    responder_ike: Sequence[str] | None = None,
+    responder_esp: Sequence[str] | None = None,
+    psk: bytes = PSK,
+    force_encapsulation: bool = False,
+    behind_nat: bool = False,
+    policy: MemoryPolicy | None = None,
+    seed: int = 7,
+) -> IkePair:
+    """A fresh initiator (client) and responder (concentrator), nothing sent yet.
+
+    ``behind_nat`` gives the initiator a private address of its own while the
+    responder still sees ``INITIATOR_IP``, as a NAT in between would.
+    """
+    clock = FakeClock()
+    policy = policy or MemoryPolicy()
+    initiator = IkeSession(
+        IkeConfiguration(
+            local_id=CLIENT_ID,
+            remote_id=GATEWAY_ID,
+            psk=psk,
+            ike_proposals=tuple(ike),
+            esp_proposals=tuple(esp),
+            force_encapsulation=force_encapsulation,
+        ),
+        is_initiator=True,
+        local_addr=(PRIVATE_IP if behind_nat else INITIATOR_IP, 500),
+        remote_addr=(RESPONDER_IP, 500),
+        rng=seeded_rng(seed),
+    )
+    responder = IkeSession(
+        IkeConfiguration(
+            local_id=GATEWAY_ID,
+            ike_proposals=tuple(responder_ike or ike),
+            esp_proposals=tuple(responder_esp or esp),
+        ),
+        is_initiator=False,
+        local_addr=(RESPONDER_IP, 500),
+        policy=policy,
+        rng=seeded_rng(seed + 1),
+    )
+    return IkePair(initiator, responder, clock, policy)
