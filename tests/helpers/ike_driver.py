@@ -1,0 +1,366 @@
+"""Test-only glue: one ``IkeSession`` over real UDP sockets, for interop tests.
+
+Run it inside a network namespace, as a subprocess of the test::
+
+    ip netns exec NS .venv/bin/python -m tests.helpers.ike_driver \\
+        --role initiator --local 192.0.2.2 --remote 192.0.2.1 \\
+        --local-id rw.lab.example --remote-id gw.lab.example --psk SECRET
+
+It binds UDP 500 and 4500 on ``--local``, feeds received IKE datagrams to the
+session (stripping the RFC 3948 non-ESP marker on 4500, counting ESP and
+NAT keepalives there without handing them over), sends what the session
+queues from the right port, and calls ``handle_timer`` on time. Every step
+of interest is one JSON object per line on stdout::
+
+    {"event": "ready"}                            sockets bound
+    {"event": "ike_sa_established", ...}          IkeSaEstablished
+    {"event": "child_sa_established", ...}        ChildSaEstablished
+    {"event": "child_sa_failed", ...}             ChildSaFailed
+    {"event": "address_assigned", ...}            AddressAssigned
+    {"event": "ike_sa_failed", "notify": ...}     IkeSaFailed (then the driver exits 1)
+    {"event": "stopped", "drops": {...}}          leaving (SIGTERM, or --lifetime ran out)
+
+After the IKE SA is up the driver stays, answering retransmissions, until
+SIGTERM or ``--lifetime``. Blocking sockets and ``select``: a test needs no
+event loop. :class:`DriverProcess` starts it in a namespace and reads the lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from queue import Empty, Queue
+from types import FrameType
+from typing import Any, Final
+
+from common.ike import defaults
+from common.ike.events import (
+    AddressAssigned,
+    ChildSaEstablished,
+    ChildSaFailed,
+    IkeEvent,
+    IkeSaEstablished,
+    IkeSaFailed,
+)
+from common.ike.payloads import TrafficSelector
+from common.ike.policy import Identity, IkeConfiguration
+from common.ike.session import IkeSession
+
+NON_ESP_MARKER: Final = bytes(4)  # RFC 3948 2.2
+NAT_KEEPALIVE: Final = b"\xff"  # RFC 3948 2.3
+REPO_ROOT: Final = Path(__file__).resolve().parents[2]
+
+
+# --- the driver (runs inside the namespace) ---------------------------------------------
+
+
+@dataclass
+class PoolPolicy:
+    """A ``ResponderPolicy``: one PSK for every identity, addresses leased in order."""
+
+    psk: bytes
+    pool: list[ipaddress.IPv4Address]
+    subnets: tuple[ipaddress.IPv4Network, ...]
+    dns: tuple[ipaddress.IPv4Address, ...] = ()
+    leases: dict[Identity, ipaddress.IPv4Address] = field(default_factory=dict)
+
+    def psk_for(self, identity: Identity) -> bytes | None:
+        return self.psk
+
+    def lease_address(self, identity: Identity) -> ipaddress.IPv4Address | None:
+        if identity not in self.leases:
+            if not self.pool:
+                return None
+            self.leases[identity] = self.pool.pop(0)
+        return self.leases[identity]
+
+    def dns_servers(self) -> Sequence[ipaddress.IPv4Address]:
+        return self.dns
+
+    def subnets_for(self, identity: Identity) -> Sequence[ipaddress.IPv4Network]:
+        return self.subnets
+
+
+def _ts(selector: TrafficSelector) -> str:
+    return f"{selector.start_address}-{selector.end_address}"
+
+
+def event_record(event: IkeEvent) -> dict[str, Any]:
+    """The JSON-able form of one event (never any key material)."""
+    match event:
+        case IkeSaEstablished():
+            return {
+                "event": "ike_sa_established",
+                "spi_i": event.spi_i.hex(),
+                "spi_r": event.spi_r.hex(),
+                "ike_suite": event.ike_suite,
+                "prf": event.prf,
+                "group": event.group,
+                "local_id": str(event.local_id),
+                "remote_id": str(event.remote_id),
+            }
+        case ChildSaEstablished():
+            return {
+                "event": "child_sa_established",
+                "inbound_spi": f"{event.inbound_spi:08x}",
+                "outbound_spi": f"{event.outbound_spi:08x}",
+                "esp_suite": event.esp_suite,
+                "esn": event.esn,
+                "local_ts": [_ts(ts) for ts in event.local_ts],
+                "remote_ts": [_ts(ts) for ts in event.remote_ts],
+            }
+        case ChildSaFailed():
+            return {
+                "event": "child_sa_failed",
+                "reason": event.reason,
+                "notify": None if event.notify is None else event.notify.name,
+            }
+        case AddressAssigned():
+            return {
+                "event": "address_assigned",
+                "address": str(event.address),
+                "dns": [str(dns) for dns in event.dns],
+                "subnets": [str(net) for net in event.subnets],
+            }
+        case IkeSaFailed():
+            return {
+                "event": "ike_sa_failed",
+                "reason": event.reason,
+                "notify": None if event.notify is None else event.notify.name,
+            }
+    raise TypeError(f"unknown event {event!r}")
+
+
+def _emit(record: dict[str, Any]) -> None:
+    print(json.dumps(record), flush=True)
+
+
+class _TerminatedError(Exception):
+    pass
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise _TerminatedError
+
+
+def run_driver(args: argparse.Namespace) -> int:
+    """Bind, run the session until it fails, SIGTERM or ``--lifetime``; the exit status."""
+    local = args.local
+    sock_ike = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock_nat = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock_ike.bind((local, defaults.IKE_PORT))
+    sock_nat.bind((local, defaults.NAT_T_PORT))
+    configuration = IkeConfiguration(
+        local_id=Identity.fqdn(args.local_id),
+        remote_id=Identity.fqdn(args.remote_id) if args.remote_id else None,
+        psk=args.psk.encode() if args.role == "initiator" else b"",
+        ike_proposals=tuple(args.ike),
+        esp_proposals=tuple(args.esp),
+        force_encapsulation=args.force_encap,
+    )
+    if args.role == "initiator":
+        session = IkeSession(
+            configuration,
+            is_initiator=True,
+            local_addr=(local, defaults.IKE_PORT),
+            remote_addr=(args.remote, defaults.IKE_PORT),
+        )
+    else:
+        first = ipaddress.IPv4Address(args.pool_start)
+        policy = PoolPolicy(
+            psk=args.psk.encode(),
+            pool=[first + i for i in range(16)],
+            subnets=tuple(ipaddress.IPv4Network(net) for net in args.subnet),
+            dns=tuple(ipaddress.IPv4Address(dns) for dns in args.dns),
+        )
+        session = IkeSession(
+            configuration,
+            is_initiator=False,
+            local_addr=(local, defaults.IKE_PORT),
+            policy=policy,
+        )
+    counters: Counter[str] = Counter()
+    status = 0
+    signal.signal(signal.SIGTERM, _raise_stop)
+    _emit({"event": "ready", "role": args.role, "local": local})
+    deadline = time.monotonic() + args.lifetime
+    try:
+        if args.role == "initiator":
+            session.initiate(time.monotonic())
+        while True:
+            now = time.monotonic()
+            for data, (host, port) in session.datagrams_to_send(now):
+                if session.use_nat_t:
+                    sock_nat.sendto(NON_ESP_MARKER + data, (host, port))
+                    counters["sent 4500"] += 1
+                else:
+                    sock_ike.sendto(data, (host, port))
+                    counters["sent 500"] += 1
+            failed = False
+            while (event := session.next_event()) is not None:
+                _emit(event_record(event))
+                failed = failed or isinstance(event, IkeSaFailed)
+            if failed:
+                status = 1
+                break
+            timer = session.get_timer()
+            wake = deadline if timer is None else min(deadline, timer)
+            if now >= deadline:
+                break
+            readable, _, _ = select.select([sock_ike, sock_nat], [], [], max(0.0, wake - now))
+            now = time.monotonic()
+            for sock in readable:
+                data, addr = sock.recvfrom(65535)
+                if sock is sock_nat:
+                    if data == NAT_KEEPALIVE:
+                        counters["nat keepalive"] += 1
+                        continue
+                    if not data.startswith(NON_ESP_MARKER):
+                        counters["esp"] += 1  # IKE only here: ESP is counted, not decrypted
+                        continue
+                    data = data[len(NON_ESP_MARKER) :]
+                counters[f"received {addr[1]}->{sock.getsockname()[1]}"] += 1
+                session.receive_datagram(data, (addr[0], addr[1]), now)
+            timer = session.get_timer()
+            if timer is not None and time.monotonic() >= timer:
+                session.handle_timer(time.monotonic())
+    except _TerminatedError:
+        pass
+    finally:
+        _emit({"event": "stopped", "drops": dict(session.drops), "counters": dict(counters)})
+        sock_ike.close()
+        sock_nat.close()
+    return status
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--role", choices=("initiator", "responder"), required=True)
+    parser.add_argument("--local", required=True, help="our IPv4 address (ports 500 and 4500)")
+    parser.add_argument("--remote", help="the responder's address (initiator only)")
+    parser.add_argument("--local-id", required=True, help="our ID_FQDN")
+    parser.add_argument("--remote-id", default="", help="the peer's ID_FQDN")
+    parser.add_argument("--psk", required=True)
+    parser.add_argument("--ike", action="append", default=None, help="IKE proposal (repeatable)")
+    parser.add_argument("--esp", action="append", default=None, help="ESP proposal (repeatable)")
+    parser.add_argument("--force-encap", action="store_true", help="fake a NAT (encap=yes)")
+    parser.add_argument("--pool-start", default="10.99.100.1", help="responder: first lease")
+    parser.add_argument("--subnet", action="append", default=None, help="responder: TSr network")
+    parser.add_argument("--dns", action="append", default=[], help="responder: DNS server")
+    parser.add_argument("--lifetime", type=float, default=30.0, help="seconds before leaving")
+    args = parser.parse_args(argv)
+    args.ike = args.ike or list(defaults.IKE_PROPOSALS)
+    args.esp = args.esp or list(defaults.ESP_PROPOSALS)
+    args.subnet = args.subnet or ["10.99.0.0/24"]
+    if args.role == "initiator" and not args.remote:
+        parser.error("an initiator needs --remote")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_driver(parse_args(argv))
+
+
+# --- the test's side: start the driver in a namespace, read its events -------------------
+
+
+class DriverProcess:
+    """A running driver in ``host`` (a ``tests.helpers.netns.Host``); the lab stops it.
+
+    Its stdout lines are read on a thread into a queue, so :meth:`wait_for`
+    can time out; stderr is kept for failure messages.
+    """
+
+    def __init__(self, host: Any, args: Sequence[str]) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._queue: Queue[dict[str, Any] | None] = Queue()
+        self._stderr: list[str] = []
+        self.process: subprocess.Popen[str] = host.popen(
+            [sys.executable, "-m", "tests.helpers.ike_driver", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO_ROOT,
+        )
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+
+    def _read_stdout(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            try:
+                self._queue.put(json.loads(line))
+            except ValueError:
+                self._stderr.append(f"(stdout) {line}")
+        self._queue.put(None)
+
+    def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self._stderr.append(line)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self._stderr)
+
+    def wait_for(self, *names: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The first event (from now on) whose name is one of ``names``; raises on timeout/exit."""
+        for seen in self.events:
+            if seen["event"] in names and not seen.get("_taken"):
+                seen["_taken"] = True
+                return seen
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                event = self._queue.get(timeout=max(0.0, remaining))
+            except Empty:
+                raise AssertionError(
+                    f"driver: no {names} in {timeout} s; events {self.events}\n{self.stderr}"
+                ) from None
+            if event is None:
+                self._queue.put(None)  # keep reporting the end
+                raise AssertionError(
+                    f"driver exited ({self.process.poll()}) before {names}; "
+                    f"events {self.events}\n{self.stderr}"
+                )
+            self.events.append(event)
+            if event["event"] in names:
+                event["_taken"] = True
+                return event
+
+    def collect(self, timeout: float = 0.5) -> list[dict[str, Any]]:
+        """Every event so far, after waiting up to ``timeout`` for more."""
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                event = self._queue.get(timeout=remaining)
+            except Empty:
+                break
+            if event is None:
+                self._queue.put(None)
+                break
+            self.events.append(event)
+        return self.events
+
+    def stop(self, timeout: float = 5.0) -> int:
+        """SIGTERM and wait; the exit status (the lab kills it if this fails)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
