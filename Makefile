@@ -49,6 +49,7 @@ test: venv debs lint typecheck pytest
 bench: venv debs
 	$(PY) bench/esp.py
 	$(PY) bench/tunnel.py
+	$(PY) bench/ike.py
 
 demo: venv debs
 	$(PY) bench/demo.py
