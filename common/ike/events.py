@@ -1,9 +1,11 @@
 """Events an ``IkeSession`` hands to its driver, past-tense facts (STYLE.md).
 
 The driver pops them with ``IkeSession.next_event()`` and matches on the
-type. Key material travels only in ``ChildSaEstablished`` and never shows in
-a repr; the driver gives it straight to ``common.esp`` (the ESP data path
-never goes through this queue).
+type. ``IkeSaFailed``, ``IkeSaDeleted`` and ``PeerUnreachable`` each close
+the session, after a ``ChildSaDeleted`` for every Child SA still up. Key
+material travels only in ``ChildSaEstablished`` and never shows in a repr;
+the driver gives it straight to ``common.esp`` (the ESP data path never goes
+through this queue).
 """
 
 from __future__ import annotations
@@ -70,4 +72,44 @@ class IkeSaFailed:
     notify: NotifyType | None
 
 
-IkeEvent = IkeSaEstablished | ChildSaEstablished | ChildSaFailed | AddressAssigned | IkeSaFailed
+@dataclass(frozen=True, slots=True)
+class ChildSaDeleted:
+    """A Child SA is gone: uninstall both halves (RFC 7296 1.4.1).
+
+    Either side's Delete, or the IKE SA closing (Child SAs die with it).
+    """
+
+    inbound_spi: int
+    outbound_spi: int
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaDeleted:
+    """The IKE SA was deleted in order (RFC 7296 1.4.1); the session is closed.
+
+    ``by_peer`` is True when the peer sent the Delete; False when we did, whether
+    or not its response came back (RFC 7296 2.4: it is deleted anyway).
+    """
+
+    by_peer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUnreachable:
+    """An established IKE SA's request went unanswered through the whole
+    retransmission schedule (RFC 7296 2.4); the session is closed.
+    """
+
+    reason: str = "peer unreachable"
+
+
+IkeEvent = (
+    IkeSaEstablished
+    | ChildSaEstablished
+    | ChildSaFailed
+    | AddressAssigned
+    | IkeSaFailed
+    | ChildSaDeleted
+    | IkeSaDeleted
+    | PeerUnreachable
+)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from common.ike.events import IkeEvent
+from common.ike.message import Payload
 from common.ike.policy import Identity, IkeConfiguration
 from common.ike.session import Address, IkeSession
 
@@ -193,3 +194,21 @@ def ike_pair(
         rng=seeded_rng(seed + 1),
     )
     return IkePair(initiator, responder, clock, policy)
+
+
+def establish(pair: IkePair) -> tuple[list[IkeEvent], list[IkeEvent]]:
+    """Run IKE_SA_INIT and IKE_AUTH; the events of the initiator and the responder."""
+    pair.initiator.initiate(pair.clock.now)
+    # IKE_SA_INIT: HDR, SAi1, KEi, Ni -->  <-- HDR, SAr1, KEr, Nr
+    # IKE_AUTH: HDR, SK {IDi, AUTH, CP, SAi2, TSi, TSr} -->  <-- HDR, SK {IDr, AUTH, ...}
+    pair.run()
+    return events(pair.initiator), events(pair.responder)
+
+
+def open_sk(receiver: IkeSession, data: bytes) -> list[Payload]:
+    """The payloads of ``HDR, SK {...}`` as ``receiver`` would read them.
+
+    White-box: borrows the session's SK keys so tests can assert what an
+    encrypted message carries (opening has no side effects; sealing would).
+    """
+    return receiver._sa.open(data)

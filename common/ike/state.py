@@ -1,0 +1,118 @@
+"""Where an IKE SA and its Child SAs stand, and which moves are legal (RFC 7296 1-2).
+
+Rules first, as h11's ``_state.py`` does; the code below only encodes them.
+
+Rules
+-----
+
+1. Roles are fixed for the life of the IKE SA: the *original initiator* sent
+   IKE_SA_INIT (RFC 7296 2.2). After IKE_AUTH either side may start an
+   exchange, so the *initiator of an exchange* (who sends the request) is not
+   always the original initiator. The I flag in the header always names the
+   original initiator; the R flag names a response (RFC 7296 3.1).
+2. Message IDs count per direction (RFC 7296 2.2): ``exchanges.Requests``
+   numbers the requests we send, ``exchanges.Responses`` the requests the peer
+   sends. Each side starts at 0, so after IKE_AUTH the original initiator's
+   next request is 2 while the original responder's first is 0.
+3. Window 1 (RFC 7296 2.3): one request of ours in flight at a time. A command
+   (``check_liveness``, ``delete``, ``delete_child``) given while one is
+   outstanding waits in a queue.
+4. IKE_SA_INIT and IKE_AUTH run once, in that order, started by the original
+   initiator. INFORMATIONAL runs only on an ESTABLISHED IKE SA (or DELETING:
+   the peer may still ask things while our Delete is in flight).
+5. CLOSED is final: no timer, no event, no request processed. A retransmitted
+   request is still answered from the response cache (RFC 7296 2.1), so a peer
+   whose Delete response got lost is not left waiting.
+
+Theory of operation
+-------------------
+
+``IkeSession`` (session.py) is the driver: it takes datagrams and timer ticks,
+catches every ``IkeError`` once, and moves ``IkeSaState`` through
+``IKE_SA_TRANSITIONS`` with ``transition``. The work of each exchange lives in
+a task (``tasks/``, strongSwan's ``ike_init``, ``ike_auth``, ``ike_delete``,
+``child_delete``, ``ike_dpd``): the initiator of an exchange calls
+``build()`` for the request and ``process()`` on the response; the responder
+calls ``process()`` on the request and ``build()`` for the response. Tasks
+share the SA's data (SPIs, nonces, keys, Child SAs) through ``tasks.IkeSa``.
+
+::
+
+    original initiator                      original responder
+    INITIAL --IKE_SA_INIT req--> SA_INIT_SENT    INITIAL --req/resp--> SA_INIT_DONE
+    SA_INIT_SENT --resp--> AUTH_SENT             SA_INIT_DONE --IKE_AUTH--> ESTABLISHED
+    AUTH_SENT --resp--> ESTABLISHED
+    ESTABLISHED --delete()--> DELETING --resp or give-up--> CLOSED
+    ESTABLISHED --peer's Delete, our response--> CLOSED
+    any --error, give-up--> CLOSED
+
+A Child SA is INSTALLED when its ``ChildSaEstablished`` event is queued,
+DELETING while our Delete for it is outstanding, and DELETED once the
+``ChildSaDeleted`` event is queued (either side's Delete, or the IKE SA
+closing, RFC 7296 1.4.1: Child SAs die with their IKE SA).
+"""
+
+from __future__ import annotations
+
+from enum import Enum, auto
+from typing import Final
+
+
+class IkeSaState(Enum):
+    """Where the IKE SA stands."""
+
+    INITIAL = auto()  # nothing sent (initiator) or received (responder)
+    SA_INIT_SENT = auto()  # initiator: IKE_SA_INIT request outstanding
+    AUTH_SENT = auto()  # initiator: IKE_AUTH request outstanding
+    SA_INIT_DONE = auto()  # responder: keys exist, waiting for IKE_AUTH
+    ESTABLISHED = auto()
+    DELETING = auto()  # our Delete of the IKE SA is outstanding (RFC 7296 1.4.1)
+    CLOSED = auto()
+
+
+class ChildSaState(Enum):
+    """Where one Child SA stands."""
+
+    INSTALLED = auto()
+    DELETING = auto()  # our Delete for it is outstanding
+    DELETED = auto()
+
+
+_I = IkeSaState
+IKE_SA_TRANSITIONS: Final[dict[IkeSaState, frozenset[IkeSaState]]] = {
+    _I.INITIAL: frozenset({_I.SA_INIT_SENT, _I.SA_INIT_DONE, _I.CLOSED}),
+    _I.SA_INIT_SENT: frozenset({_I.AUTH_SENT, _I.CLOSED}),
+    _I.AUTH_SENT: frozenset({_I.ESTABLISHED, _I.CLOSED}),
+    _I.SA_INIT_DONE: frozenset({_I.ESTABLISHED, _I.CLOSED}),
+    _I.ESTABLISHED: frozenset({_I.DELETING, _I.CLOSED}),
+    _I.DELETING: frozenset({_I.CLOSED}),
+    _I.CLOSED: frozenset(),
+}
+
+_C = ChildSaState
+CHILD_SA_TRANSITIONS: Final[dict[ChildSaState, frozenset[ChildSaState]]] = {
+    _C.INSTALLED: frozenset({_C.DELETING, _C.DELETED}),
+    _C.DELETING: frozenset({_C.DELETED}),
+    _C.DELETED: frozenset(),
+}
+
+# Where INFORMATIONAL requests from the peer are processed (rule 4).
+INFORMATIONAL_STATES: Final = frozenset({_I.ESTABLISHED, _I.DELETING})
+
+
+def transition(current: IkeSaState, new: IkeSaState) -> IkeSaState:
+    """``new`` if the table allows it; an illegal move is our bug, not the peer's.
+
+    Raises:
+        RuntimeError: the move is not in ``IKE_SA_TRANSITIONS``.
+    """
+    if new not in IKE_SA_TRANSITIONS[current]:
+        raise RuntimeError(f"IKE SA cannot go from {current.name} to {new.name}")
+    return new
+
+
+def child_transition(current: ChildSaState, new: ChildSaState) -> ChildSaState:
+    """``new`` if ``CHILD_SA_TRANSITIONS`` allows it (RuntimeError otherwise)."""
+    if new not in CHILD_SA_TRANSITIONS[current]:
+        raise RuntimeError(f"Child SA cannot go from {current.name} to {new.name}")
+    return new

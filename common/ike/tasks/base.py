@@ -1,0 +1,180 @@
+"""What every task shares: the IKE SA's data and the helpers to read payloads.
+
+``IkeSa`` is strongSwan's ``ike_sa_t`` cut down to data: SPIs, nonces, keys,
+NAT-T flags, the Child SAs and the event queue. ``IkeSession`` owns one and
+hands it to each task, so the tasks never reach into the driver.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final, TypeVar
+
+from common.ike.constants import IdType, NotifyType
+from common.ike.events import ChildSaEstablished, IkeEvent
+from common.ike.exchanges import Address, SkProtection, build_nat_detection, nat_detected
+from common.ike.keys import IkeSaKeys, derive_ike_sa_keys
+from common.ike.message import IkeHeader, IkeMessage, Payload
+from common.ike.payloads import IdPayload, Notify, TrafficSelector
+from common.ike.policy import Identity, IkeConfiguration, ResponderPolicy
+from common.ike.proposals import EspAlgorithms, IkeAlgorithms
+from common.ike.state import ChildSaState, child_transition
+
+Rng = Callable[[int], bytes]
+
+ZERO_SPI: Final = bytes(8)
+ANY_IPV4: Final = TrafficSelector(
+    ipaddress.IPv4Address("0.0.0.0"), ipaddress.IPv4Address("255.255.255.255")
+)
+ESP_SPI: Final = struct.Struct("!I")
+
+
+@dataclass(slots=True)
+class ChildSa:
+    """One Child SA as the IKE SA tracks it (the keys went out in the event)."""
+
+    inbound_spi: int
+    outbound_spi: int
+    state: ChildSaState = ChildSaState.INSTALLED
+
+    def move(self, new: ChildSaState) -> None:
+        self.state = child_transition(self.state, new)
+
+
+@dataclass(slots=True, repr=False)
+class IkeSa:
+    """The IKE SA's data, shared by the driver and the tasks (no secrets in repr)."""
+
+    config: IkeConfiguration
+    is_initiator: bool
+    local_addr: Address
+    remote_addr: Address
+    policy: ResponderPolicy | None
+    rng: Rng
+    allocate_spi: Callable[[], int]
+    spi_i: bytes = ZERO_SPI
+    spi_r: bytes = ZERO_SPI
+    ni: bytes = b""
+    nr: bytes = b""
+    ike: IkeAlgorithms | None = None
+    keys: IkeSaKeys | None = None
+    protection: SkProtection | None = None
+    real_message_1: bytes = b""
+    real_message_2: bytes = b""
+    nat_t_pending: bool = False
+    nat_t: bool = False
+    remote_id: Identity | None = None
+    child_sas: dict[int, ChildSa] = field(default_factory=dict)  # by inbound SPI
+    events: deque[IkeEvent] = field(default_factory=deque)
+
+    def __repr__(self) -> str:
+        return f"<IkeSa {self.spi_i.hex()}_{self.spi_r.hex()}>"
+
+    def header(self, exchange_type: int, message_id: int, *, response: bool) -> IkeHeader:
+        """Our header for this IKE SA: the I flag names the original initiator (RFC 7296 3.1)."""
+        return IkeHeader(
+            self.spi_i, self.spi_r, exchange_type, message_id, self.is_initiator, response
+        )
+
+    def seal(self, header: IkeHeader, payloads: Sequence[Payload]) -> bytes:
+        """``HDR, SK {payloads}`` (RFC 7296 3.14)."""
+        if self.protection is None:
+            raise RuntimeError("no IKE SA keys yet")
+        return self.protection.seal(header, payloads)
+
+    def open(self, data: bytes) -> list[Payload]:
+        """The payloads inside the peer's ``HDR, SK {...}``."""
+        if self.protection is None:
+            raise RuntimeError("no IKE SA keys yet")
+        return self.protection.open(data)
+
+    def derive_keys(self, ike: IkeAlgorithms, g_ir: bytes) -> None:
+        """SKEYSEED and SK_* (RFC 7296 2.14); SKEYSEED itself is dropped at once."""
+        self.ike = ike
+        _skeyseed, self.keys = derive_ike_sa_keys(
+            ike.prf,
+            self.ni,
+            self.nr,
+            g_ir,
+            self.spi_i,
+            self.spi_r,
+            encr_key_len=ike.suite.sk_e_len,
+            integ_key_len=ike.suite.sk_a_len,
+        )
+        self.protection = SkProtection(
+            ike.suite, self.keys, is_initiator=self.is_initiator, rng=self.rng
+        )
+
+    def build_nat_detection(self, spi_r: bytes) -> list[Notify]:
+        """N(NAT_DETECTION_SOURCE_IP), N(NAT_DETECTION_DESTINATION_IP), RFC 7296 2.23."""
+        fake = self.rng(20) if self.config.force_encapsulation else None
+        return build_nat_detection(self.spi_i, spi_r, self.local_addr, self.remote_addr, fake)
+
+    def process_nat_detection(self, message: IkeMessage, source: Address) -> bool:
+        """Whether to move to port 4500: a NAT on either side, or forced (RFC 7296 2.23)."""
+        if self.config.force_encapsulation:
+            return True
+        return nat_detected(message, self.spi_i, source, self.local_addr)
+
+    def add_child(self, event: ChildSaEstablished) -> None:
+        """Queue ``event`` and remember the Child SA it names."""
+        self.child_sas[event.inbound_spi] = ChildSa(event.inbound_spi, event.outbound_spi)
+        self.events.append(event)
+
+
+# --- payload helpers ----------------------------------------------------------------------
+
+P = TypeVar("P")
+
+
+def first(payloads: Sequence[Payload], kind: type[P]) -> P | None:
+    """The first payload of class ``kind`` in a decrypted chain, or None."""
+    for payload in payloads:
+        if isinstance(payload, kind):
+            return payload
+    return None
+
+
+def identity(payload: IdPayload) -> Identity | None:
+    """The peer's identity, or None for an ID type we do not know."""
+    try:
+        return Identity(IdType(payload.id_type), payload.data)
+    except ValueError:
+        return None
+
+
+def as_notify(notify_type: int) -> NotifyType | None:
+    try:
+        return NotifyType(notify_type)
+    except ValueError:
+        return None
+
+
+def notify_name(notify_type: int) -> str:
+    notify = as_notify(notify_type)
+    return str(notify_type) if notify is None else notify.name
+
+
+def child_established(
+    esp: EspAlgorithms,
+    inbound_spi: int,
+    outbound_spi: int,
+    inbound_keymat: bytes,
+    outbound_keymat: bytes,
+    local_ts: Sequence[TrafficSelector],
+    remote_ts: Sequence[TrafficSelector],
+) -> ChildSaEstablished:
+    return ChildSaEstablished(
+        inbound_spi=inbound_spi,
+        outbound_spi=outbound_spi,
+        esp_suite=esp.suite.name,
+        esn=esp.esn,
+        inbound_keymat=inbound_keymat,
+        outbound_keymat=outbound_keymat,
+        local_ts=tuple(local_ts),
+        remote_ts=tuple(remote_ts),
+    )
