@@ -28,3 +28,13 @@ ESP_PROPOSALS: Final = ("aes256gcm16",)
 # IKE ports (RFC 7296 2, RFC 3948 / RFC 7296 2.23 for NAT traversal).
 IKE_PORT: Final = 500
 NAT_T_PORT: Final = 4500
+
+# RFC 7296 2.6 COOKIE. The responder's secret changes every two minutes and the
+# previous one is still accepted, so a cookie lives between 2 and 4 minutes:
+# far longer than a retry takes, short enough that a captured cookie soon dies.
+COOKIE_SECRET_LIFETIME_S: Final = 120.0
+# The initiator answers at most this many N(COOKIE) responses per IKE_SA_INIT
+# (RFC 7296 2.6 asks initiators to limit their cookie exchanges): one for the
+# challenge, one if the responder's
+# secret changed in between, one for a duplicated or reordered response.
+COOKIE_RETRIES: Final = 3

@@ -5,6 +5,13 @@
     HDR, SAi1, KEi, Ni, N(NAT_D_S), N(NAT_D_D), N(FRAG_SUP)  -->
                  <--  HDR, SAr1, KEr, Nr, N(NAT_D_S), N(NAT_D_D), N(FRAG_SUP)
                  <--  HDR(A,0), N(INVALID_KE_PAYLOAD) | N(NO_PROPOSAL_CHOSEN)
+                 <--  HDR(A,0), N(COOKIE)
+    HDR(A,0), N(COOKIE), SAi1, KEi, Ni, ...  -->
+
+A COOKIE answer (RFC 7296 2.6) is retried with the cookie as the first
+payload and the same SPIi, Ni and KEi; after an INVALID_KE_PAYLOAD retry the
+cookie is echoed again, with the new KEi. The responder's intake checks the
+cookie (``common/ike/cookies.py``); the responder task ignores N(COOKIE).
 
 strongSwan's ``ike_init`` (with ``ike_natd`` folded in). The initiator calls
 ``build_i`` then ``process_i``; the responder ``process_r`` then ``build_r``.
@@ -17,7 +24,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from common.ike import defaults, key_exchange
+from common.ike import cookies, defaults, key_exchange
 from common.ike.constants import ExchangeType, KeyExchangeMethod, NotifyType
 from common.ike.errors import LocalProtocolError, RemoteProtocolError
 from common.ike.exchanges import Address
@@ -40,22 +47,37 @@ class IkeInit:
         self._offer = offer
         self._dh: key_exchange.KeyExchange | None = None
         self._ke_retried = False
+        self._cookie = b""  # the responder's last N(COOKIE) data, echoed first (RFC 7296 2.6)
+        self._cookie_retries = 0
         self._response: bytes = b""
 
     # --- initiator ------------------------------------------------------------------------
 
     def build_i(self, group: int | None = None) -> bytes:
-        """``HDR, SAi1, KEi, Ni, N(NAT_D)*2, N(FRAG_SUP) -->`` (message ID 0)."""
+        """``HDR, [N(COOKIE),] SAi1, KEi, Ni, N(NAT_D)*2, N(FRAG_SUP) -->`` (message ID 0).
+
+        A new KEi for ``group``; Ni is made once and kept for every retry.
+        """
         sa = self._sa
         if not sa.ni:
             sa.ni = sa.rng(defaults.NONCE_LEN)
         if group is None:
             group = proposal_groups(self._offer)[0]
         self._dh = key_exchange.KeyExchange.generate(KeyExchangeMethod(group), sa.rng)
+        return self._build_request()
+
+    def _build_request(self) -> bytes:
+        """The IKE_SA_INIT request with the current KEi and cookie; it becomes
+        RealMessage1, which AUTH signs (RFC 7296 2.15), so the last one sent counts."""
+        sa = self._sa
+        assert self._dh is not None
         header = IkeHeader(sa.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, 0, True, False)
+        # RFC 7296 2.6: the cookie "as the first payload" of the retried request.
+        cookie = [Notify(NotifyType.COOKIE, self._cookie)] if self._cookie else []
         payloads: list[Payload] = [
+            *cookie,
             SecurityAssociation(self._offer),
-            KeyExchange(group, self._dh.public_value),
+            KeyExchange(self._dh.group, self._dh.public_value),
             Nonce(sa.ni),
             *sa.build_nat_detection(ZERO_SPI),
             Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED),  # RFC 7383 2.3
@@ -69,6 +91,11 @@ class IkeInit:
         Raises:
             RemoteProtocolError: the responder refused, or answered nonsense.
         """
+        cookie = message.notify(NotifyType.COOKIE)
+        # RFC 7296 2.6: a responder asking for a cookie sends N(COOKIE) alone; one
+        # that also sends SAr1 has accepted us, and a stray N(COOKIE) is ignored.
+        if cookie is not None and message.get(SecurityAssociation) is None:
+            return self._process_cookie(cookie)
         invalid_ke = message.notify(NotifyType.INVALID_KE_PAYLOAD)
         if invalid_ke is not None:
             return self._process_invalid_ke(invalid_ke)
@@ -118,6 +145,29 @@ class IkeInit:
         self._ke_retried = True
         # RFC 7296 1.2: the same IKE_SA_INIT again (message ID 0), with the right KEi.
         return self.build_i(wanted)
+
+    def _process_cookie(self, notify: Notify) -> bytes:
+        """``<-- HDR(A,0), N(COOKIE)``: the same request again, the cookie first.
+
+        ``HDR(A,0), N(COOKIE), SAi1, KEi, Ni -->`` keeps SPIi, Ni and KEi
+        (the cookie binds SPIi and Ni; the key exchange need not be redone). A
+        responder that did not like our cookie sends a new one (RFC 7296 2.6),
+        so a later N(COOKIE) replaces the earlier, up to ``COOKIE_RETRIES``.
+        """
+        if not cookies.valid_cookie_length(notify.data):
+            # RFC 7296 2.6, 3.10.1: cookie data is 1 to 64 octets.
+            raise RemoteProtocolError(
+                f"N(COOKIE) of {len(notify.data)} octets", NotifyType.INVALID_SYNTAX
+            )
+        if self._cookie_retries >= defaults.COOKIE_RETRIES:
+            # RFC 7296 2.6: the initiator limits its cookie exchanges, so no endless loop.
+            raise RemoteProtocolError(
+                f"responder still wants a cookie after {self._cookie_retries} retries",
+                NotifyType.COOKIE,
+            )
+        self._cookie_retries += 1
+        self._cookie = notify.data
+        return self._build_request()
 
     # --- responder ------------------------------------------------------------------------
 
