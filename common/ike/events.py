@@ -2,8 +2,10 @@
 
 The driver pops them with ``IkeSession.next_event()`` and matches on the
 type. ``IkeSaFailed``, ``IkeSaDeleted`` and ``PeerUnreachable`` each close
-the session, after a ``ChildSaDeleted`` for every Child SA still up. Key
-material travels only in ``ChildSaEstablished`` and never shows in a repr;
+the session, after a ``ChildSaDeleted`` for every Child SA still up. A rekey
+(CREATE_CHILD_SA) gives ``ChildSaRekeyed`` or ``IkeSaRekeyed``, or
+``RekeyFailed`` when the peer refused it. Key material travels only in
+``ChildSaEstablished`` and ``ChildSaRekeyed`` and never shows in a repr;
 the driver gives it straight to ``common.esp`` (the ESP data path never goes
 through this queue).
 """
@@ -45,6 +47,70 @@ class ChildSaEstablished:
     outbound_keymat: bytes = field(repr=False)
     local_ts: tuple[TrafficSelector, ...]
     remote_ts: tuple[TrafficSelector, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSaRekeyed:
+    """CREATE_CHILD_SA replaced a Child SA (RFC 7296 1.3.3, 2.8): install the new one.
+
+    Make-before-break: the old SA (``old_inbound_spi`` / ``old_outbound_spi``)
+    keeps carrying traffic until its own ``ChildSaDeleted`` follows, once the
+    rekey initiator's INFORMATIONAL Delete is done. The other fields are those
+    of ``ChildSaEstablished`` for the new SA (``established`` rebuilds one).
+    """
+
+    old_inbound_spi: int
+    old_outbound_spi: int
+    inbound_spi: int
+    outbound_spi: int
+    esp_suite: str
+    esn: bool
+    inbound_keymat: bytes = field(repr=False)
+    outbound_keymat: bytes = field(repr=False)
+    local_ts: tuple[TrafficSelector, ...]
+    remote_ts: tuple[TrafficSelector, ...]
+
+    @property
+    def established(self) -> ChildSaEstablished:
+        """The new SA as a ``ChildSaEstablished``, for drivers that install from one."""
+        return ChildSaEstablished(
+            self.inbound_spi,
+            self.outbound_spi,
+            self.esp_suite,
+            self.esn,
+            self.inbound_keymat,
+            self.outbound_keymat,
+            self.local_ts,
+            self.remote_ts,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaRekeyed:
+    """CREATE_CHILD_SA replaced the IKE SA (RFC 7296 1.3.2, 2.18).
+
+    The session goes on under ``spi_i`` / ``spi_r`` with new keys and message
+    IDs from 0; its Child SAs moved over unchanged. The old SA's Delete (sent
+    by the rekey initiator) is not reported: the session itself lives on.
+    """
+
+    old_spi_i: bytes
+    old_spi_r: bytes
+    spi_i: bytes
+    spi_r: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RekeyFailed:
+    """Our CREATE_CHILD_SA rekey was refused (RFC 7296 1.3, 2.25); nothing changed.
+
+    ``inbound_spi`` names the Child SA we tried to rekey, or is None for the
+    IKE SA. TEMPORARY_FAILURE means "try again after a short while" (2.25).
+    """
+
+    inbound_spi: int | None
+    reason: str
+    notify: NotifyType | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +173,9 @@ IkeEvent = (
     IkeSaEstablished
     | ChildSaEstablished
     | ChildSaFailed
+    | ChildSaRekeyed
+    | IkeSaRekeyed
+    | RekeyFailed
     | AddressAssigned
     | IkeSaFailed
     | ChildSaDeleted

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from common.ike import defaults
-from common.ike.constants import IdType
+from common.ike.constants import IdType, KeyExchangeMethod
 
 Ip4Address = ipaddress.IPv4Address
 Ip4Network = ipaddress.IPv4Network
@@ -57,6 +57,9 @@ class IkeConfiguration:
         force_encapsulation: fake the NAT_DETECTION_SOURCE_IP hash so both
             sides move to UDP 4500 even without a NAT (strongSwan ``encap=yes``).
         request_address: the initiator asks for an inner address and DNS (CP).
+        pfs_group: the KE group of a Child SA rekey (RFC 7296 1.3.3, 2.17: PFS),
+            added to every ESP proposal of CREATE_CHILD_SA; None for no PFS.
+            Both peers must agree, or the rekey ends in NO_PROPOSAL_CHOSEN.
     """
 
     local_id: Identity
@@ -66,6 +69,7 @@ class IkeConfiguration:
     esp_proposals: tuple[str, ...] = defaults.ESP_PROPOSALS
     force_encapsulation: bool = False
     request_address: bool = True
+    pfs_group: KeyExchangeMethod | None = None
 
 
 class ResponderPolicy(Protocol):

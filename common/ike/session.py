@@ -9,9 +9,18 @@ the response cache in ``exchanges.py``.
     IKE_AUTH       tasks/ike_auth.py   HDR, SK {IDi, AUTH, CP, SAi2, TSi, TSr} -->
     INFORMATIONAL  tasks/delete.py     HDR, SK {D} -->  <-- HDR, SK {[D]}
                    tasks/dpd.py        HDR, SK {} -->  <-- HDR, SK {}
+    CREATE_CHILD_SA tasks/child_rekey.py HDR, SK {N(REKEY_SA), SA, Ni, [KEi,] TSi, TSr} -->
+                   tasks/ike_rekey.py  HDR, SK {SA, Ni, KEi} -->
 
-Authentication is PSK only (RFC 7296 2.15). CREATE_CHILD_SA, COOKIE,
-fragmentation (announced, never used) and certificates are not here yet.
+Authentication is PSK only (RFC 7296 2.15). CREATE_CHILD_SA only rekeys
+(further Child SAs are refused with NO_ADDITIONAL_SAS); rekey collisions
+are refused with TEMPORARY_FAILURE rather than resolved (state.py rule 7).
+COOKIE, fragmentation (announced, never used) and certificates are not here
+yet.
+
+An IKE SA rekey keeps this object (state.py rule 6): ``_sa``, ``_requests``
+and ``_responses`` switch to the new SA, and the old one stays as
+``_retiring`` to send or answer its Delete and repeat its cached responses.
 
 Errors are raised deep and caught once, in ``receive_datagram`` (aioquic
 shape; RFC 7296 2.21): whatever fails before a message is known to be
@@ -26,28 +35,52 @@ from __future__ import annotations
 import os
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from common.esp.spi import allocate_spi
-from common.ike.constants import ExchangeType, NotifyType
+from common.ike.constants import ExchangeType, NotifyType, ProtocolId
 from common.ike.errors import IkeError, LocalProtocolError
-from common.ike.events import IkeEvent, IkeSaDeleted, IkeSaFailed
+from common.ike.events import IkeEvent, IkeSaDeleted, IkeSaFailed, IkeSaRekeyed
 from common.ike.exchanges import Address, Requests, Responses, Timeout
 from common.ike.message import IkeHeader, IkeMessage, decode_message, encode_message, peek_header
-from common.ike.payloads import Notify
+from common.ike.payloads import Notify, SecurityAssociation
 from common.ike.policy import IkeConfiguration, ResponderPolicy
 from common.ike.proposals import ike_proposals
-from common.ike.state import INFORMATIONAL_STATES, IkeSaState, transition
-from common.ike.tasks import InformationalTask
-from common.ike.tasks.base import ZERO_SPI, IkeSa
+from common.ike.state import INFORMATIONAL_STATES, ChildSaState, IkeSaState, transition
+from common.ike.tasks.base import (
+    ZERO_SPI,
+    ChildSa,
+    ExchangeTask,
+    IkeSa,
+    TaskFactory,
+    first,
+    new_ike_spi,
+)
+from common.ike.tasks.child_rekey import ChildRekey, ChildRekeyResponder
 from common.ike.tasks.delete import ChildDelete, IkeDelete, retire
 from common.ike.tasks.dpd import Dpd, Informational, NotifyRequest
 from common.ike.tasks.ike_auth import IkeAuth
 from common.ike.tasks.ike_init import IkeInit
+from common.ike.tasks.ike_rekey import IkeRekey, IkeRekeyResponder
 
 __all__ = ["Address", "IkeSaState", "IkeSession", "Rng"]
 
 Rng = Callable[[int], bytes]
+
+
+@dataclass(slots=True)
+class _Retiring:
+    """The IKE SA a rekey replaced, kept until its Delete is done (RFC 7296 2.18).
+
+    Its own message IDs go on (the Delete is the next request on it), and its
+    response cache still answers a retransmitted rekey request whose response
+    was lost (RFC 7296 2.1).
+    """
+
+    sa: IkeSa
+    requests: Requests
+    responses: Responses
+    deleted: bool = False  # the peer's Delete was answered: only the cache still replies
 
 
 class IkeSession:
@@ -61,6 +94,8 @@ class IkeSession:
     - ``handle_timer(now)``: call at ``get_timer()``;
     - ``check_liveness(now)``, ``delete(now)``, ``delete_child(spi, now)``:
       INFORMATIONAL exchanges on an established IKE SA, either role;
+    - ``rekey_child(spi, now)``, ``rekey_ike(now)``: CREATE_CHILD_SA rekeys,
+      either role (RFC 7296 1.3.2, 1.3.3);
     - ``datagrams_to_send(now)``: ``(data, addr)`` pairs to send; when
       ``use_nat_t`` is true, send them from port 4500 with the non-ESP marker;
     - ``next_event()``: ``IkeEvent`` facts, until None.
@@ -93,7 +128,6 @@ class IkeSession:
             raise RuntimeError("an initiator needs remote_addr and a PSK")  # API misuse
         if not is_initiator and policy is None:
             raise RuntimeError("a responder needs a policy")
-        self._is_initiator = is_initiator
         self._sa = IkeSa(
             config=configuration,
             is_initiator=is_initiator,
@@ -114,8 +148,9 @@ class IkeSession:
         self.drops: Counter[str] = Counter()
         self._ike_init = IkeInit(self._sa, ike_proposals(configuration.ike_proposals))
         self._ike_auth = IkeAuth(self._sa)
-        self._active: InformationalTask | None = None  # our INFORMATIONAL in flight
-        self._queued: deque[InformationalTask] = deque()  # waiting for the window (RFC 7296 2.3)
+        self._active: ExchangeTask | None = None  # our INFORMATIONAL / CREATE_CHILD_SA in flight
+        self._queued: deque[TaskFactory] = deque()  # waiting for the window (RFC 7296 2.3)
+        self._retiring: _Retiring | None = None  # the IKE SA a rekey replaced (rule 6)
         self._answering: IkeHeader | None = None  # the request we may answer with an error
         self._accepted = False  # the datagram being processed passed decoding/decryption
         self._request_addr: Address = self._sa.remote_addr  # where the request came from
@@ -129,7 +164,12 @@ class IkeSession:
 
     @property
     def is_initiator(self) -> bool:
-        return self._is_initiator
+        """Whether we are the current IKE SA's original initiator (RFC 7296 2.2).
+
+        Set by IKE_SA_INIT, and again by each IKE SA rekey: its initiator is
+        the new SA's original initiator (RFC 7296 2.18), whatever it was before.
+        """
+        return self._sa.is_initiator
 
     @property
     def spi_i(self) -> bytes:
@@ -159,7 +199,7 @@ class IkeSession:
 
     def initiate(self, now: float) -> None:
         """Send IKE_SA_INIT: ``HDR, SAi1, KEi, Ni, N(NAT_D)*2, N(FRAG_SUP) -->``."""
-        if not self._is_initiator or self._state is not IkeSaState.INITIAL:
+        if not self.is_initiator or self._state is not IkeSaState.INITIAL:
             raise RuntimeError("initiate() is for a fresh initiator")
         request = self._ike_init.build_i()
         message_id = self._requests.allocate()
@@ -171,7 +211,7 @@ class IkeSession:
         """Send ``HDR, SK {} -->`` (RFC 7296 1.4, 2.4); an unanswered one ends in
         ``PeerUnreachable``."""
         self._require_established("check_liveness")
-        self._start(Dpd(self._sa), now)
+        self._start(Dpd, now)
 
     def delete(self, now: float) -> None:
         """Delete the IKE SA: ``HDR, SK {D(IKE)} -->`` (RFC 7296 1.4.1).
@@ -187,15 +227,47 @@ class IkeSession:
             return
         self._queued.clear()  # the Delete supersedes whatever was waiting
         self._move(IkeSaState.DELETING)
-        self._start(IkeDelete(self._sa), now)
+        self._start(IkeDelete, now)
 
     def delete_child(self, spi: int, now: float) -> None:
         """Delete the Child SA whose *inbound* SPI is ``spi``: ``HDR, SK {D(ESP)} -->``."""
         self._require_established("delete_child")
-        child = self._sa.child_sas.get(spi)
-        if child is None:
-            raise RuntimeError(f"no Child SA with inbound SPI {spi:#010x}")
-        self._start(ChildDelete(self._sa, child), now)
+        child = self._child(spi)
+
+        def factory(sa: IkeSa) -> ExchangeTask | None:
+            # Gone by its turn (the peer's Delete, or our rekey deleted it): nothing to do.
+            return ChildDelete(sa, child) if sa.child_sas.get(child.inbound_spi) is child else None
+
+        self._start(factory, now)
+
+    def rekey_child(self, inbound_spi: int, now: float) -> None:
+        """Rekey the Child SA whose *inbound* SPI is ``inbound_spi`` (RFC 7296 1.3.3).
+
+        ``HDR, SK {N(REKEY_SA), SA, Ni, [KEi,] TSi, TSr} -->``; on the answer
+        ``ChildSaRekeyed``, then our Delete of the old SA and its
+        ``ChildSaDeleted``; on a refusal ``RekeyFailed``. A rekey of a Child
+        SA that is already being rekeyed or deleted when its turn comes does
+        nothing.
+        """
+        self._require_established("rekey_child")
+        child = self._child(inbound_spi)
+
+        def factory(sa: IkeSa) -> ExchangeTask | None:
+            alive = sa.child_sas.get(child.inbound_spi) is child
+            return (
+                ChildRekey(sa, child) if alive and child.state is ChildSaState.INSTALLED else None
+            )
+
+        self._start(factory, now)
+
+    def rekey_ike(self, now: float) -> None:
+        """Rekey the IKE SA (RFC 7296 1.3.2, 2.18): ``HDR, SK {SA, Ni, KEi} -->``.
+
+        On the answer the session switches to the new SA (``IkeSaRekeyed``)
+        and deletes the old one; on a refusal ``RekeyFailed``.
+        """
+        self._require_established("rekey_ike")
+        self._start(IkeRekey, now)
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         """Process one IKE datagram; every protocol error is handled here (RFC 7296 2.21)."""
@@ -207,7 +279,13 @@ class IkeSession:
         self._answering = None
         self._accepted = False
         try:
-            if header.response:
+            retiring = self._retiring
+            if retiring is not None and (header.spi_i, header.spi_r) == (
+                retiring.sa.spi_i,
+                retiring.sa.spi_r,
+            ):
+                self._receive_on_retiring(retiring, header, data, addr)
+            elif header.response:
                 self._receive_response(header, data, now)
             else:
                 self._receive_request(header, data, addr)
@@ -227,6 +305,15 @@ class IkeSession:
                 self._close(self._active.expired())
             else:
                 self._fail("peer unreachable", None)
+        if self._retiring is not None:  # (emptied by _close, so nothing after a give-up)
+            # RFC 7296 2.4: a Delete of the old IKE SA unanswered at the end is done anyway.
+            requests = self._retiring.requests
+            outcome = requests.expire(now)
+            if outcome is Timeout.RETRANSMIT:
+                assert requests.outstanding is not None
+                self._send(requests.outstanding.datagram)
+            elif outcome is Timeout.GIVE_UP:
+                self._retiring = None
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
         """The datagrams queued since the last call, each with its destination."""
@@ -237,7 +324,10 @@ class IkeSession:
         """When ``handle_timer`` must be called next, or None."""
         if self._state is IkeSaState.CLOSED:
             return None
-        return self._requests.deadline()
+        deadlines = [self._requests.deadline()]
+        if self._retiring is not None:
+            deadlines.append(self._retiring.requests.deadline())
+        return min((d for d in deadlines if d is not None), default=None)
 
     def next_event(self) -> IkeEvent | None:
         """The oldest undelivered event, or None."""
@@ -256,7 +346,7 @@ class IkeSession:
                 self._datagrams.append((datagram, addr))
             return
         informational = self._state in INFORMATIONAL_STATES
-        if self._state is IkeSaState.CLOSED or (self._is_initiator and not informational):
+        if self._state is IkeSaState.CLOSED or (self.is_initiator and not informational):
             self.drops["unexpected request"] += 1
             return
         if not self._responses.is_next(header.message_id):
@@ -270,11 +360,14 @@ class IkeSession:
             self._process_ike_auth_request(header, data, addr)
         elif (
             informational
-            and exchange == ExchangeType.INFORMATIONAL
+            and exchange in (ExchangeType.INFORMATIONAL, ExchangeType.CREATE_CHILD_SA)
             and ours
-            and header.initiator != self._is_initiator  # RFC 7296 3.1: the I flag is the peer's
+            and header.initiator != self.is_initiator  # RFC 7296 3.1: the I flag is the peer's
         ):
-            self._process_informational_request(header, data)
+            if exchange == ExchangeType.INFORMATIONAL:
+                self._process_informational_request(header, data)
+            else:
+                self._process_create_child_sa_request(header, data)
         else:
             self.drops["unexpected exchange"] += 1
 
@@ -307,6 +400,79 @@ class IkeSession:
         if closing is not None:
             self._close(closing)
 
+    def _process_create_child_sa_request(self, header: IkeHeader, data: bytes) -> None:
+        """``HDR, SK {[N(REKEY_SA),] SA, Ni, [KEi,] [TSi, TSr]} -->``: a rekey, or refused."""
+        payloads = self._sa.open(data)
+        self._answering = header
+        sa_payload = first(payloads, SecurityAssociation)
+        rekey = next(
+            (p for p in payloads if isinstance(p, Notify) and p.notify_type == NotifyType.REKEY_SA),
+            None,
+        )
+        closing = self._state is IkeSaState.DELETING
+        if sa_payload is not None and any(
+            p.protocol_id == ProtocolId.IKE for p in sa_payload.proposals
+        ):
+            busy = (
+                closing
+                or self._requests.outstanding is not None
+                or (self._retiring is not None and self._retiring.requests.outstanding is not None)
+            )
+            ike_task = IkeRekeyResponder(self._sa, busy=busy)
+            ike_task.process_r(payloads)
+            self._respond(data, ike_task.build_r(header.message_id))
+            if ike_task.new_sa is not None:
+                self._switch(ike_task.new_sa)
+        elif rekey is not None:
+            child_task = ChildRekeyResponder(self._sa, closing=closing)
+            child_task.process_r(payloads, rekey)
+            self._respond(data, child_task.build_r(header.message_id))
+        else:
+            # RFC 7296 1.3.1: we make no Child SA beyond the first; rekeys only.
+            self._send_error_response(header, NotifyType.NO_ADDITIONAL_SAS, b"")
+
+    def _receive_on_retiring(
+        self, retiring: _Retiring, header: IkeHeader, data: bytes, addr: Address
+    ) -> None:
+        """A message for the IKE SA a rekey replaced: its Delete, or a retransmission."""
+        old = retiring.sa
+        if header.initiator == old.is_initiator:  # RFC 7296 3.1: the I flag is the peer's
+            self.drops["unexpected message for the old IKE SA"] += 1
+            return
+        if header.response:
+            outstanding = retiring.requests.outstanding
+            if (
+                outstanding is None
+                or not retiring.requests.matches(header.message_id)
+                or header.exchange_type != outstanding.exchange_type
+            ):
+                self.drops["unexpected response"] += 1
+                return
+            old.open(data)  # <-- HDR, SK {}: genuine, so the old IKE SA is gone
+            retiring.requests.answered()
+            self._retiring = None
+            return
+        if retiring.responses.is_retransmission(header.message_id, data):
+            # RFC 7296 2.1: e.g. the rekey request whose response was lost.
+            self.drops["retransmitted request"] += 1
+            for datagram in retiring.responses.cached():
+                self._datagrams.append((datagram, addr))
+            return
+        if (
+            retiring.deleted
+            or header.exchange_type != ExchangeType.INFORMATIONAL
+            or not retiring.responses.is_next(header.message_id)
+        ):
+            self.drops["unexpected exchange"] += 1
+            return
+        # HDR, SK {D(IKE)} --> for the old SA: answer; the session itself lives on.
+        payloads = old.open(data)
+        task = Informational(old)
+        retiring.deleted = isinstance(task.process_r(payloads), IkeSaDeleted)
+        response = task.build_r(header.message_id)
+        retiring.responses.answered(data, (response,))
+        self._datagrams.append((response, addr))
+
     # --- responses to our requests --------------------------------------------------------
 
     def _receive_response(self, header: IkeHeader, data: bytes, now: float) -> None:
@@ -314,7 +480,7 @@ class IkeSession:
         if (
             outstanding is None
             or header.spi_i != self._sa.spi_i
-            or header.initiator == self._is_initiator  # RFC 7296 3.1: the I flag is the peer's
+            or header.initiator == self.is_initiator  # RFC 7296 3.1: the I flag is the peer's
             or not self._requests.matches(header.message_id)
             or header.exchange_type != outstanding.exchange_type
         ):
@@ -327,7 +493,7 @@ class IkeSession:
         elif self._state is IkeSaState.AUTH_SENT:
             self._process_ike_auth_response(data, now)
         elif self._active is not None:
-            self._process_informational_response(data, now)
+            self._process_task_response(data, now)
         else:
             self.drops["unexpected response"] += 1
 
@@ -355,8 +521,8 @@ class IkeSession:
         self._ike_auth.process_i(payloads)
         self._move(IkeSaState.ESTABLISHED)
 
-    def _process_informational_response(self, data: bytes, now: float) -> None:
-        """``<-- HDR, SK {...}`` for our INFORMATIONAL; then the next queued command."""
+    def _process_task_response(self, data: bytes, now: float) -> None:
+        """``<-- HDR, SK {...}`` for our INFORMATIONAL or CREATE_CHILD_SA; then what follows."""
         payloads = self._sa.open(data)
         self._accepted = True
         self._requests.answered()
@@ -365,8 +531,36 @@ class IkeSession:
         closing = task.process_i(payloads)
         if closing is not None:
             self._close(closing)
-        else:
-            self._pump(now)
+            return
+        if isinstance(task, IkeRekey) and task.new_sa is not None:
+            self._switch(task.new_sa)
+            self._delete_retiring(now)
+        if isinstance(task, (ChildRekey, IkeRekey)) and task.follow_up is not None:
+            self._queued.appendleft(task.follow_up)  # the old SA's Delete, or the KE retry
+        self._pump(now)
+
+    def _switch(self, new_sa: IkeSa) -> None:
+        """Go on under the rekeyed IKE SA (RFC 7296 2.18, state.py rule 6).
+
+        Child SAs move over; message IDs restart at 0 both ways; the old SA
+        is kept as ``_retiring`` for its Delete and its response cache.
+        """
+        old = self._sa
+        new_sa.child_sas, old.child_sas = old.child_sas, {}
+        self._retiring = _Retiring(old, self._requests, self._responses)
+        self._sa = new_sa
+        self._requests = Requests()
+        self._responses = Responses()
+        self._sa.events.append(IkeSaRekeyed(old.spi_i, old.spi_r, new_sa.spi_i, new_sa.spi_r))
+
+    def _delete_retiring(self, now: float) -> None:
+        """The rekey initiator deletes the old IKE SA: ``HDR, SK {D(IKE)} -->`` under it."""
+        assert self._retiring is not None
+        old, requests = self._retiring.sa, self._retiring.requests
+        message_id = requests.allocate()
+        request = IkeDelete(old).build_i(message_id)
+        requests.sent(message_id, ExchangeType.INFORMATIONAL, request, now)
+        self._send(request)
 
     # --- errors, commands, closing --------------------------------------------------------
 
@@ -395,20 +589,27 @@ class IkeSession:
         if self._state is not IkeSaState.ESTABLISHED:
             raise RuntimeError(f"{command}() needs an established IKE SA, not {self._state.name}")
 
-    def _start(self, task: InformationalTask, now: float) -> None:
-        self._queued.append(task)
+    def _child(self, inbound_spi: int) -> ChildSa:
+        child = self._sa.child_sas.get(inbound_spi)
+        if child is None:
+            raise RuntimeError(f"no Child SA with inbound SPI {inbound_spi:#010x}")
+        return child
+
+    def _start(self, factory: TaskFactory, now: float) -> None:
+        self._queued.append(factory)
         self._pump(now)
 
     def _pump(self, now: float) -> None:
-        """Send the next queued INFORMATIONAL once the window is free (RFC 7296 2.3)."""
-        if self._requests.outstanding is not None or not self._queued:
-            return
-        task = self._queued.popleft()
-        message_id = self._requests.allocate()
-        request = task.build_i(message_id)
-        self._requests.sent(message_id, ExchangeType.INFORMATIONAL, request, now)
-        self._send(request)
-        self._active = task
+        """Send the next queued request once the window is free (RFC 7296 2.3)."""
+        while self._requests.outstanding is None and self._queued:
+            task = self._queued.popleft()(self._sa)
+            if task is None:
+                continue  # overtaken: its Child SA is gone or already being replaced
+            message_id = self._requests.allocate()
+            request = task.build_i(message_id)
+            self._requests.sent(message_id, task.exchange_type, request, now)
+            self._send(request)
+            self._active = task
 
     def _move(self, new: IkeSaState) -> None:
         self._state = transition(self._state, new)
@@ -424,6 +625,8 @@ class IkeSession:
             retire(self._sa, child)
         self._move(IkeSaState.CLOSED)
         self._requests.outstanding = None
+        if self._retiring is not None:
+            self._retiring.requests.outstanding = None
         self._active = None
         self._queued.clear()
         self._sa.events.append(event)
@@ -446,11 +649,8 @@ class IkeSession:
             message = IkeMessage(header, (Notify(notify, data),))
             self._datagrams.append((encode_message(message), self._request_addr))
             return
-        header = replace(request, initiator=self._is_initiator, response=True)
+        header = replace(request, initiator=self.is_initiator, response=True)
         self._respond(self._request_data, self._sa.seal(header, [Notify(notify, data)]))
 
     def _new_ike_spi(self) -> bytes:
-        while True:
-            spi = self._sa.rng(8)
-            if spi != ZERO_SPI:  # RFC 7296 3.1: an SPI is never zero
-                return spi
+        return new_ike_spi(self._sa.rng)  # RFC 7296 3.1: an SPI is never zero

@@ -9,20 +9,36 @@ Rules
    IKE_SA_INIT (RFC 7296 2.2). After IKE_AUTH either side may start an
    exchange, so the *initiator of an exchange* (who sends the request) is not
    always the original initiator. The I flag in the header always names the
-   original initiator; the R flag names a response (RFC 7296 3.1).
+   original initiator; the R flag names a response (RFC 7296 3.1). An IKE SA
+   rekey makes a new IKE SA whose original initiator is the rekey's (rule 6).
 2. Message IDs count per direction (RFC 7296 2.2): ``exchanges.Requests``
    numbers the requests we send, ``exchanges.Responses`` the requests the peer
    sends. Each side starts at 0, so after IKE_AUTH the original initiator's
    next request is 2 while the original responder's first is 0.
 3. Window 1 (RFC 7296 2.3): one request of ours in flight at a time. A command
-   (``check_liveness``, ``delete``, ``delete_child``) given while one is
-   outstanding waits in a queue.
+   (``check_liveness``, ``delete``, ``delete_child``, ``rekey_child``,
+   ``rekey_ike``) given while one is outstanding waits in a queue.
 4. IKE_SA_INIT and IKE_AUTH run once, in that order, started by the original
-   initiator. INFORMATIONAL runs only on an ESTABLISHED IKE SA (or DELETING:
-   the peer may still ask things while our Delete is in flight).
+   initiator. INFORMATIONAL and CREATE_CHILD_SA run only on an ESTABLISHED
+   IKE SA (or DELETING: the peer may still ask things while our Delete is in
+   flight; a rekey asked then gets TEMPORARY_FAILURE, RFC 7296 2.25).
 5. CLOSED is final: no timer, no event, no request processed. A retransmitted
    request is still answered from the response cache (RFC 7296 2.1), so a peer
    whose Delete response got lost is not left waiting.
+6. Rekeying is make-before-break (RFC 7296 2.8). A Child SA rekey adds the
+   new Child SA (``ChildSaRekeyed``) while the old one stays until the rekey
+   initiator's Delete for it is answered. An IKE SA rekey (RFC 7296 2.18)
+   keeps the *same* ``IkeSession``: it switches to the new SA (new SPIs,
+   keys, message IDs from 0, Child SAs moved over; the rekey initiator is
+   the new SA's "original initiator", so the I flag may flip) and keeps the
+   old one *retiring* only to delete it, answer its Delete and repeat cached
+   responses. Why one object: the driver, the concentrator's session table
+   and the controller all hold "the session to this peer"; a new object per
+   rekey would force each of them to swap references at the right moment.
+7. Collisions (RFC 7296 2.8.1, 2.8.2, 2.25) are refused, not resolved: a
+   rekey request for a Child SA we are rekeying or deleting, or for the IKE
+   SA while any request of ours is in flight (or our Delete of a previous
+   IKE SA is), is answered TEMPORARY_FAILURE; the peer retries later.
 
 Theory of operation
 -------------------
@@ -31,7 +47,7 @@ Theory of operation
 catches every ``IkeError`` once, and moves ``IkeSaState`` through
 ``IKE_SA_TRANSITIONS`` with ``transition``. The work of each exchange lives in
 a task (``tasks/``, strongSwan's ``ike_init``, ``ike_auth``, ``ike_delete``,
-``child_delete``, ``ike_dpd``): the initiator of an exchange calls
+``child_delete``, ``ike_dpd``, ``child_rekey``, ``ike_rekey``): the initiator of an exchange calls
 ``build()`` for the request and ``process()`` on the response; the responder
 calls ``process()`` on the request and ``build()`` for the response. Tasks
 share the SA's data (SPIs, nonces, keys, Child SAs) through ``tasks.IkeSa``.
@@ -46,8 +62,10 @@ share the SA's data (SPIs, nonces, keys, Child SAs) through ``tasks.IkeSa``.
     ESTABLISHED --peer's Delete, our response--> CLOSED
     any --error, give-up--> CLOSED
 
-A Child SA is INSTALLED when its ``ChildSaEstablished`` event is queued,
-DELETING while our Delete for it is outstanding, and DELETED once the
+A Child SA is INSTALLED when its ``ChildSaEstablished`` (or
+``ChildSaRekeyed``) event is queued, REKEYING while our CREATE_CHILD_SA
+rekeying it is outstanding (back to INSTALLED if refused), DELETING while our
+Delete for it is outstanding (a rekeyed SA goes there straight from REKEYING), and DELETED once the
 ``ChildSaDeleted`` event is queued (either side's Delete, or the IKE SA
 closing, RFC 7296 1.4.1: Child SAs die with their IKE SA).
 """
@@ -74,6 +92,7 @@ class ChildSaState(Enum):
     """Where one Child SA stands."""
 
     INSTALLED = auto()
+    REKEYING = auto()  # our CREATE_CHILD_SA rekeying it is outstanding (RFC 7296 1.3.3)
     DELETING = auto()  # our Delete for it is outstanding
     DELETED = auto()
 
@@ -91,12 +110,13 @@ IKE_SA_TRANSITIONS: Final[dict[IkeSaState, frozenset[IkeSaState]]] = {
 
 _C = ChildSaState
 CHILD_SA_TRANSITIONS: Final[dict[ChildSaState, frozenset[ChildSaState]]] = {
-    _C.INSTALLED: frozenset({_C.DELETING, _C.DELETED}),
+    _C.INSTALLED: frozenset({_C.REKEYING, _C.DELETING, _C.DELETED}),
+    _C.REKEYING: frozenset({_C.INSTALLED, _C.DELETING, _C.DELETED}),
     _C.DELETING: frozenset({_C.DELETED}),
     _C.DELETED: frozenset(),
 }
 
-# Where INFORMATIONAL requests from the peer are processed (rule 4).
+# Where INFORMATIONAL and CREATE_CHILD_SA requests from the peer are processed (rule 4).
 INFORMATIONAL_STATES: Final = frozenset({_I.ESTABLISHED, _I.DELETING})
 
 

@@ -13,7 +13,9 @@ import ipaddress
 import random
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
+from common.ike.constants import KeyExchangeMethod
 from common.ike.events import IkeEvent
 from common.ike.message import Payload
 from common.ike.policy import Identity, IkeConfiguration
@@ -160,11 +162,15 @@ def ike_pair(
     behind_nat: bool = False,
     policy: MemoryPolicy | None = None,
     seed: int = 7,
+    pfs_group: KeyExchangeMethod | None = None,
+    responder_pfs_group: KeyExchangeMethod | Literal["same"] | None = "same",
 ) -> IkePair:
     """A fresh initiator (client) and responder (concentrator), nothing sent yet.
 
     ``behind_nat`` gives the initiator a private address of its own while the
     responder still sees ``INITIATOR_IP``, as a NAT in between would.
+    ``pfs_group`` is the Child SA rekey's KE group for both sides unless
+    ``responder_pfs_group`` names another for the responder.
     """
     clock = FakeClock()
     policy = policy or MemoryPolicy()
@@ -176,6 +182,7 @@ def ike_pair(
             ike_proposals=tuple(ike),
             esp_proposals=tuple(esp),
             force_encapsulation=force_encapsulation,
+            pfs_group=pfs_group,
         ),
         is_initiator=True,
         local_addr=(PRIVATE_IP if behind_nat else INITIATOR_IP, 500),
@@ -187,6 +194,7 @@ def ike_pair(
             local_id=GATEWAY_ID,
             ike_proposals=tuple(responder_ike or ike),
             esp_proposals=tuple(responder_esp or esp),
+            pfs_group=pfs_group if responder_pfs_group == "same" else responder_pfs_group,
         ),
         is_initiator=False,
         local_addr=(RESPONDER_IP, 500),

@@ -12,12 +12,12 @@ import struct
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, TypeVar
+from typing import Final, Protocol, TypeVar
 
 from common.ike.constants import IdType, NotifyType
-from common.ike.events import ChildSaEstablished, IkeEvent
+from common.ike.events import ChildSaEstablished, ChildSaRekeyed, IkeEvent
 from common.ike.exchanges import Address, SkProtection, build_nat_detection, nat_detected
-from common.ike.keys import IkeSaKeys, derive_ike_sa_keys
+from common.ike.keys import IkeSaKeys, derive_ike_sa_keys, derive_rekeyed_ike_sa_keys
 from common.ike.message import IkeHeader, IkeMessage, Payload
 from common.ike.payloads import IdPayload, Notify, TrafficSelector
 from common.ike.policy import Identity, IkeConfiguration, ResponderPolicy
@@ -35,11 +35,17 @@ ESP_SPI: Final = struct.Struct("!I")
 
 @dataclass(slots=True)
 class ChildSa:
-    """One Child SA as the IKE SA tracks it (the keys went out in the event)."""
+    """One Child SA as the IKE SA tracks it (the keys went out in the event).
+
+    The traffic selectors are kept (from our point of view) for its rekey,
+    which proposes the same ones (RFC 7296 1.3.3).
+    """
 
     inbound_spi: int
     outbound_spi: int
     state: ChildSaState = ChildSaState.INSTALLED
+    local_ts: tuple[TrafficSelector, ...] = ()
+    remote_ts: tuple[TrafficSelector, ...] = ()
 
     def move(self, new: ChildSaState) -> None:
         self.state = child_transition(self.state, new)
@@ -109,6 +115,27 @@ class IkeSa:
             ike.suite, self.keys, is_initiator=self.is_initiator, rng=self.rng
         )
 
+    def derive_rekeyed_keys(
+        self, ike: IkeAlgorithms, old_sk_d: bytes, old_ike: IkeAlgorithms, g_ir: bytes
+    ) -> None:
+        """SK_* of an IKE SA made by rekeying (RFC 7296 2.18): SKEYSEED from SK_d (old)."""
+        self.ike = ike
+        _skeyseed, self.keys = derive_rekeyed_ike_sa_keys(
+            ike.prf,
+            old_sk_d,
+            g_ir,
+            self.ni,
+            self.nr,
+            self.spi_i,
+            self.spi_r,
+            encr_key_len=ike.suite.sk_e_len,
+            integ_key_len=ike.suite.sk_a_len,
+            old_prf_alg=old_ike.prf,
+        )
+        self.protection = SkProtection(
+            ike.suite, self.keys, is_initiator=self.is_initiator, rng=self.rng
+        )
+
     def build_nat_detection(self, spi_r: bytes) -> list[Notify]:
         """N(NAT_DETECTION_SOURCE_IP), N(NAT_DETECTION_DESTINATION_IP), RFC 7296 2.23."""
         fake = self.rng(20) if self.config.force_encapsulation else None
@@ -122,8 +149,100 @@ class IkeSa:
 
     def add_child(self, event: ChildSaEstablished) -> None:
         """Queue ``event`` and remember the Child SA it names."""
-        self.child_sas[event.inbound_spi] = ChildSa(event.inbound_spi, event.outbound_spi)
+        self.child_sas[event.inbound_spi] = ChildSa(
+            event.inbound_spi,
+            event.outbound_spi,
+            local_ts=event.local_ts,
+            remote_ts=event.remote_ts,
+        )
         self.events.append(event)
+
+    def add_rekeyed_child(self, old: ChildSa, new: ChildSaEstablished) -> None:
+        """Remember ``new`` beside ``old`` (make-before-break) and queue ``ChildSaRekeyed``."""
+        self.child_sas[new.inbound_spi] = ChildSa(
+            new.inbound_spi, new.outbound_spi, local_ts=new.local_ts, remote_ts=new.remote_ts
+        )
+        self.events.append(
+            ChildSaRekeyed(
+                old.inbound_spi,
+                old.outbound_spi,
+                new.inbound_spi,
+                new.outbound_spi,
+                new.esp_suite,
+                new.esn,
+                new.inbound_keymat,
+                new.outbound_keymat,
+                new.local_ts,
+                new.remote_ts,
+            )
+        )
+
+    def rekeyed(
+        self, *, is_initiator: bool, spi_i: bytes, spi_r: bytes, ni: bytes, nr: bytes
+    ) -> IkeSa:
+        """The IKE SA that replaces this one (RFC 7296 2.18), keys still to derive.
+
+        Addresses, NAT-T, identities and the event queue carry over (the
+        queue is the *same* deque, so no event is lost at the switch); the
+        Child SAs move when the driver switches; ``is_initiator`` is the
+        rekey's initiator, the new SA's original initiator.
+        """
+        return IkeSa(
+            config=self.config,
+            is_initiator=is_initiator,
+            local_addr=self.local_addr,
+            remote_addr=self.remote_addr,
+            policy=self.policy,
+            rng=self.rng,
+            allocate_spi=self.allocate_spi,
+            spi_i=spi_i,
+            spi_r=spi_r,
+            ni=ni,
+            nr=nr,
+            nat_t_pending=self.nat_t_pending,
+            nat_t=self.nat_t,
+            remote_id=self.remote_id,
+            events=self.events,
+        )
+
+
+class ExchangeTask(Protocol):
+    """An exchange we start once the window is free (INFORMATIONAL or CREATE_CHILD_SA).
+
+    ``tasks.InformationalTask`` plus the exchange type, so the driver can
+    number and match any of them (RFC 7296 2.2, 2.3).
+    """
+
+    @property
+    def exchange_type(self) -> int:
+        """The exchange the request opens."""
+        ...
+
+    def build_i(self, message_id: int) -> bytes:
+        """The sealed request."""
+        ...
+
+    def process_i(self, payloads: list[Payload]) -> IkeEvent | None:
+        """Act on the response; an event returned closes the IKE SA."""
+        ...
+
+    def expired(self) -> IkeEvent:
+        """The request went unanswered (RFC 7296 2.4): the event that closes the SA."""
+        ...
+
+
+# Queued commands are factories: the task is made when the window frees, on
+# whichever IKE SA is current then (an IKE SA rekey may switch it meanwhile);
+# None means there is nothing left to do (the Child SA went away).
+TaskFactory = Callable[[IkeSa], ExchangeTask | None]
+
+
+def new_ike_spi(rng: Rng) -> bytes:
+    """A fresh 8-octet IKE SPI; RFC 7296 3.1: never zero."""
+    while True:
+        spi = rng(8)
+        if spi != ZERO_SPI:
+            return spi
 
 
 # --- payload helpers ----------------------------------------------------------------------
