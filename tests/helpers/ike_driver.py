@@ -18,11 +18,27 @@ of interest is one JSON object per line on stdout::
     {"event": "child_sa_failed", ...}             ChildSaFailed
     {"event": "address_assigned", ...}            AddressAssigned
     {"event": "ike_sa_failed", "notify": ...}     IkeSaFailed (then the driver exits 1)
+    {"event": "child_sa_rekeyed", ...}            ChildSaRekeyed (old and new SPIs)
+    {"event": "ike_sa_rekeyed", ...}              IkeSaRekeyed (old and new IKE SPIs)
+    {"event": "rekey_failed", ...}                RekeyFailed
+    {"event": "child_sa_deleted", ...}            ChildSaDeleted
+    {"event": "ike_sa_deleted", "by_peer": ...}   IkeSaDeleted (then the driver exits 0)
+    {"event": "peer_unreachable", ...}            PeerUnreachable (then the driver exits 1)
+    {"event": "command", "command": ..., ...}     a stdin command was started (or refused)
+    {"event": "idle", "after": ...}               no request of ours outstanding any more
     {"event": "stopped", "drops": {...}}          leaving (SIGTERM, or --lifetime ran out)
 
-After the IKE SA is up the driver stays, answering retransmissions, until
-SIGTERM or ``--lifetime``. Blocking sockets and ``select``: a test needs no
-event loop. :class:`DriverProcess` starts it in a namespace and reads the lines.
+After the IKE SA is up the driver stays, answering the peer's requests
+(INFORMATIONAL, CREATE_CHILD_SA), until the IKE SA is deleted, SIGTERM or
+``--lifetime``. One command a line on stdin starts an exchange of ours::
+
+    check_liveness | rekey_child [INBOUND_SPI_HEX] | rekey_ike | delete
+
+(``rekey_child`` without an SPI rekeys the newest Child SA). ``idle`` follows
+once the session has no request of ours in flight (``get_timer()`` is None),
+that is when the command's exchanges, follow-up Deletes included, are answered.
+Blocking sockets and ``select``: a test needs no event loop.
+:class:`DriverProcess` starts it in a namespace, reads the lines and writes commands.
 """
 
 from __future__ import annotations
@@ -30,6 +46,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import os
 import select
 import signal
 import socket
@@ -46,13 +63,20 @@ from types import FrameType
 from typing import Any, Final
 
 from common.ike import defaults
+from common.ike.constants import KeyExchangeMethod
 from common.ike.events import (
     AddressAssigned,
+    ChildSaDeleted,
     ChildSaEstablished,
     ChildSaFailed,
+    ChildSaRekeyed,
     IkeEvent,
+    IkeSaDeleted,
     IkeSaEstablished,
     IkeSaFailed,
+    IkeSaRekeyed,
+    PeerUnreachable,
+    RekeyFailed,
 )
 from common.ike.payloads import TrafficSelector
 from common.ike.policy import Identity, IkeConfiguration
@@ -61,6 +85,12 @@ from common.ike.session import IkeSession
 NON_ESP_MARKER: Final = bytes(4)  # RFC 3948 2.2
 NAT_KEEPALIVE: Final = b"\xff"  # RFC 3948 2.3
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
+PFS_GROUPS: Final = {
+    "x25519": KeyExchangeMethod.CURVE25519,
+    "ecp256": KeyExchangeMethod.ECP_256,
+    "ecp384": KeyExchangeMethod.ECP_384,
+    "modp2048": KeyExchangeMethod.MODP_2048,
+}
 
 
 # --- the driver (runs inside the namespace) ---------------------------------------------
@@ -140,6 +170,43 @@ def event_record(event: IkeEvent) -> dict[str, Any]:
                 "reason": event.reason,
                 "notify": None if event.notify is None else event.notify.name,
             }
+        case ChildSaRekeyed():
+            return {
+                "event": "child_sa_rekeyed",
+                "old_inbound_spi": f"{event.old_inbound_spi:08x}",
+                "old_outbound_spi": f"{event.old_outbound_spi:08x}",
+                "inbound_spi": f"{event.inbound_spi:08x}",
+                "outbound_spi": f"{event.outbound_spi:08x}",
+                "esp_suite": event.esp_suite,
+                "esn": event.esn,
+                "local_ts": [_ts(ts) for ts in event.local_ts],
+                "remote_ts": [_ts(ts) for ts in event.remote_ts],
+            }
+        case IkeSaRekeyed():
+            return {
+                "event": "ike_sa_rekeyed",
+                "old_spi_i": event.old_spi_i.hex(),
+                "old_spi_r": event.old_spi_r.hex(),
+                "spi_i": event.spi_i.hex(),
+                "spi_r": event.spi_r.hex(),
+            }
+        case RekeyFailed():
+            return {
+                "event": "rekey_failed",
+                "inbound_spi": None if event.inbound_spi is None else f"{event.inbound_spi:08x}",
+                "reason": event.reason,
+                "notify": None if event.notify is None else event.notify.name,
+            }
+        case ChildSaDeleted():
+            return {
+                "event": "child_sa_deleted",
+                "inbound_spi": f"{event.inbound_spi:08x}",
+                "outbound_spi": f"{event.outbound_spi:08x}",
+            }
+        case IkeSaDeleted():
+            return {"event": "ike_sa_deleted", "by_peer": event.by_peer}
+        case PeerUnreachable():
+            return {"event": "peer_unreachable", "reason": event.reason}
     raise TypeError(f"unknown event {event!r}")
 
 
@@ -155,8 +222,33 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise _TerminatedError
 
 
+def run_command(session: IkeSession, line: str, children: list[int], now: float) -> dict[str, Any]:
+    """Start the exchange one stdin line asks for; the ``command`` record to print."""
+    name, *rest = line.split()
+    record: dict[str, Any] = {"event": "command", "command": name}
+    try:
+        match name:
+            case "check_liveness":
+                session.check_liveness(now)
+            case "rekey_ike":
+                session.rekey_ike(now)
+            case "delete":
+                session.delete(now)
+            case "rekey_child":
+                if not rest and not children:
+                    raise RuntimeError("no Child SA to rekey")
+                spi = int(rest[0], 16) if rest else children[-1]
+                record["inbound_spi"] = f"{spi:08x}"
+                session.rekey_child(spi, now)
+            case _:
+                raise RuntimeError(f"unknown command {line!r}")
+    except (RuntimeError, ValueError) as error:
+        record["error"] = str(error)
+    return record
+
+
 def run_driver(args: argparse.Namespace) -> int:
-    """Bind, run the session until it fails, SIGTERM or ``--lifetime``; the exit status."""
+    """Bind, run the session until it closes, SIGTERM or ``--lifetime``; the exit status."""
     local = args.local
     sock_ike = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock_nat = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -169,6 +261,7 @@ def run_driver(args: argparse.Namespace) -> int:
         ike_proposals=tuple(args.ike),
         esp_proposals=tuple(args.esp),
         force_encapsulation=args.force_encap,
+        pfs_group=PFS_GROUPS[args.pfs] if args.pfs else None,
     )
     if args.role == "initiator":
         session = IkeSession(
@@ -193,6 +286,11 @@ def run_driver(args: argparse.Namespace) -> int:
         )
     counters: Counter[str] = Counter()
     status = 0
+    stdin = sys.stdin.fileno()
+    readers: list[Any] = [sock_ike, sock_nat, stdin]
+    pending_input = b""
+    children: list[int] = []  # our inbound SPIs of the live Child SAs, oldest first
+    busy_after: str | None = None  # the command whose exchanges are not all answered yet
     signal.signal(signal.SIGTERM, _raise_stop)
     _emit({"event": "ready", "role": args.role, "local": local})
     deadline = time.monotonic() + args.lifetime
@@ -208,20 +306,45 @@ def run_driver(args: argparse.Namespace) -> int:
                 else:
                     sock_ike.sendto(data, (host, port))
                     counters["sent 500"] += 1
-            failed = False
+            closed: int | None = None
             while (event := session.next_event()) is not None:
                 _emit(event_record(event))
-                failed = failed or isinstance(event, IkeSaFailed)
-            if failed:
-                status = 1
+                match event:
+                    case ChildSaEstablished() | ChildSaRekeyed():
+                        children.append(event.inbound_spi)
+                    case ChildSaDeleted() if event.inbound_spi in children:
+                        children.remove(event.inbound_spi)
+                    case IkeSaFailed() | PeerUnreachable():
+                        closed = 1
+                    case IkeSaDeleted():
+                        closed = 0
+            if closed is not None:
+                status = closed
                 break
             timer = session.get_timer()
+            if busy_after is not None and timer is None:
+                _emit({"event": "idle", "after": busy_after})
+                busy_after = None
             wake = deadline if timer is None else min(deadline, timer)
             if now >= deadline:
                 break
-            readable, _, _ = select.select([sock_ike, sock_nat], [], [], max(0.0, wake - now))
+            readable, _, _ = select.select(readers, [], [], max(0.0, wake - now))
             now = time.monotonic()
             for sock in readable:
+                if sock is stdin:
+                    chunk = os.read(stdin, 4096)
+                    if not chunk:
+                        readers.remove(stdin)  # EOF (or /dev/null): no more commands
+                        continue
+                    pending_input += chunk
+                    while b"\n" in pending_input:
+                        raw, pending_input = pending_input.split(b"\n", 1)
+                        if line := raw.decode().strip():
+                            record = run_command(session, line, children, now)
+                            _emit(record)
+                            if "error" not in record:
+                                busy_after = line
+                    continue
                 data, addr = sock.recvfrom(65535)
                 if sock is sock_nat:
                     if data == NAT_KEEPALIVE:
@@ -256,6 +379,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ike", action="append", default=None, help="IKE proposal (repeatable)")
     parser.add_argument("--esp", action="append", default=None, help="ESP proposal (repeatable)")
     parser.add_argument("--force-encap", action="store_true", help="fake a NAT (encap=yes)")
+    parser.add_argument("--pfs", choices=sorted(PFS_GROUPS), help="KE group of a Child rekey")
     parser.add_argument("--pool-start", default="10.99.100.1", help="responder: first lease")
     parser.add_argument("--subnet", action="append", default=None, help="responder: TSr network")
     parser.add_argument("--dns", action="append", default=[], help="responder: DNS server")
@@ -289,6 +413,7 @@ class DriverProcess:
         self._stderr: list[str] = []
         self.process: subprocess.Popen[str] = host.popen(
             [sys.executable, "-m", "tests.helpers.ike_driver", *args],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -354,6 +479,17 @@ class DriverProcess:
                 break
             self.events.append(event)
         return self.events
+
+    def command(self, line: str) -> dict[str, Any]:
+        """Send one stdin command (``check_liveness``, ``rekey_child [SPI]``, ``rekey_ike``,
+        ``delete``); its ``command`` record, which must carry no ``error``."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+        record = self.wait_for("command", timeout=5)
+        assert record["command"] == line.split()[0], record
+        assert "error" not in record, record
+        return record
 
     def stop(self, timeout: float = 5.0) -> int:
         """SIGTERM and wait; the exit status (the lab kills it if this fails)."""

@@ -14,6 +14,11 @@ One end runs ``tests/helpers/ike_driver.py`` (our core over real UDP 500/4500),
 the other charon with kernel-libipsec. ESP-in-UDP is forced (``encap=yes`` /
 ``force_encapsulation``), so IKE_AUTH travels on 4500 with the non-ESP
 marker, as behind a NAT. Only IKE is checked here; ESP is another test.
+
+The last tests go past IKE_AUTH: CREATE_CHILD_SA rekeys (Child SA with PFS,
+IKE SA) and INFORMATIONAL exchanges (DPD, Delete) started by strongSwan
+(``swanctl --rekey`` / ``--terminate``) and by us (driver commands on stdin),
+each checked on both sides: our driver's events and strongSwan's ``--list-sas``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import pytest
 
 from tests.helpers.ike_driver import DriverProcess
 from tests.helpers.netns import Host, NetnsLab
-from tests.helpers.strongswan import StrongSwan, SwanConnection
+from tests.helpers.strongswan import StrongSwan, SwanChildSa, SwanConnection, SwanIkeSa
 
 LAPTOP_IP = "192.0.2.2"
 GATEWAY_IP = "192.0.2.1"
@@ -82,7 +87,7 @@ def _gateway_swan(lab: Lab, *, ike: str, esp: str, psk: str = PSK) -> StrongSwan
     return swan
 
 
-def _laptop_swan(lab: Lab, *, psk: str = PSK) -> StrongSwan:
+def _laptop_swan(lab: Lab, *, psk: str = PSK, esp: str = "aes256gcm16") -> StrongSwan:
     """strongSwan as the road warrior in ``laptop``: vips = 0.0.0.0, encap = yes."""
     swan = StrongSwan(lab.laptop, lab.tmp_path / "swan-laptop")
     swan.start(
@@ -92,6 +97,7 @@ def _laptop_swan(lab: Lab, *, psk: str = PSK) -> StrongSwan:
             local_id=CLIENT_ID,
             remote_id=GATEWAY_ID,
             psk=psk,
+            esp_proposal=esp,
             vips="0.0.0.0",
             remote_ts=OFFICE,
             name="home",
@@ -100,18 +106,21 @@ def _laptop_swan(lab: Lab, *, psk: str = PSK) -> StrongSwan:
     return swan
 
 
-def _our_initiator(lab: Lab, *, ike: str, esp: str, psk: str = PSK) -> DriverProcess:
+def _our_initiator(
+    lab: Lab, *, ike: str, esp: str, psk: str = PSK, pfs: str | None = None
+) -> DriverProcess:
     return DriverProcess(
         lab.laptop,
         [
             *("--role", "initiator", "--local", LAPTOP_IP, "--remote", GATEWAY_IP),
             *("--local-id", CLIENT_ID, "--remote-id", GATEWAY_ID, "--psk", psk),
             *("--ike", ike, "--esp", esp, "--force-encap", "--lifetime", "20"),
+            *(("--pfs", pfs) if pfs else ()),
         ],
     )
 
 
-def _our_responder(lab: Lab, *, psk: str = PSK) -> DriverProcess:
+def _our_responder(lab: Lab, *, psk: str = PSK, pfs: str | None = None) -> DriverProcess:
     driver = DriverProcess(
         lab.gw,
         [
@@ -119,6 +128,7 @@ def _our_responder(lab: Lab, *, psk: str = PSK) -> DriverProcess:
             *("--psk", psk, "--pool-start", "10.99.100.7", "--subnet", OFFICE),
             *("--dns", "10.99.0.53", "--ike", "aes256gcm16-prfsha256-x25519"),
             *("--esp", "aes256gcm16", "--force-encap", "--lifetime", "20"),
+            *(("--pfs", pfs) if pfs else ()),
         ],
     )
     driver.wait_for("ready")
@@ -224,3 +234,181 @@ def test_strongswan_initiator_with_wrong_psk_is_refused(lab: Lab) -> None:
     assert failed["notify"] == "AUTHENTICATION_FAILED", failed
     assert "ESTABLISHED" not in swan.list_sas()
     assert "received AUTHENTICATION_FAILED notify error" in swan.log.read_text(), swan.logs()
+
+
+# --- after IKE_AUTH: rekeys and INFORMATIONAL, either side starting -----------------------
+
+IKE_PFS = "aes256gcm16-prfsha256-x25519"
+ESP_PFS = "aes256gcm16-x25519"  # strongSwan: PFS with x25519 on every CREATE_CHILD_SA
+ESP_PFS_LISTED = "ESP:AES_GCM_16-256/CURVE_25519"
+
+
+def _only_sa(sas: list[SwanIkeSa], name: str) -> tuple[SwanIkeSa, SwanChildSa] | None:
+    """The one ESTABLISHED IKE SA ``name`` and its one INSTALLED Child SA, else None."""
+    if len(sas) != 1 or sas[0].name != name or sas[0].state != "ESTABLISHED":
+        return None
+    if len(sas[0].children) != 1 or sas[0].children[0].state != "INSTALLED":
+        return None
+    return sas[0], sas[0].children[0]
+
+
+def _wait_child(swan: StrongSwan, name: str, ours: dict[str, object]) -> SwanChildSa:
+    """strongSwan shows exactly our Child SA ``ours`` (an event), mirrored: its in is our out."""
+
+    def matches(sas: list[SwanIkeSa]) -> bool:
+        only = _only_sa(sas, name)
+        return only is not None and (only[1].spi_in, only[1].spi_out) == (
+            ours["outbound_spi"],
+            ours["inbound_spi"],
+        )
+
+    what = f"one Child SA in {ours['outbound_spi']} out {ours['inbound_spi']}"
+    sas = swan.wait_sas(matches, what=what)
+    return sas[0].children[0]
+
+
+def _wait_ike(swan: StrongSwan, name: str, spi_i: str, spi_r: str) -> SwanIkeSa:
+    """strongSwan shows exactly one IKE SA ``name``, ESTABLISHED under ``spi_i``/``spi_r``."""
+
+    def matches(sas: list[SwanIkeSa]) -> bool:
+        only = _only_sa(sas, name)
+        return only is not None and (only[0].spi_i, only[0].spi_r) == (spi_i, spi_r)
+
+    return swan.wait_sas(matches, what=f"one IKE SA {spi_i}_i {spi_r}_r")[0]
+
+
+def _expect_rekeyed_child(
+    driver: DriverProcess, old: dict[str, object], *, timeout: float = 5
+) -> dict[str, object]:
+    """``child_sa_rekeyed`` of ``old``, with fresh SPIs, then the old SA's ``child_sa_deleted``."""
+    rekeyed = driver.wait_for("child_sa_rekeyed", "rekey_failed", timeout=timeout)
+    assert rekeyed["event"] == "child_sa_rekeyed", rekeyed
+    assert (rekeyed["old_inbound_spi"], rekeyed["old_outbound_spi"]) == (
+        old["inbound_spi"],
+        old["outbound_spi"],
+    ), (rekeyed, old)
+    assert rekeyed["inbound_spi"] != old["inbound_spi"], rekeyed
+    assert rekeyed["outbound_spi"] != old["outbound_spi"], rekeyed
+    assert (rekeyed["local_ts"], rekeyed["remote_ts"]) == (old["local_ts"], old["remote_ts"])
+    deleted = driver.wait_for("child_sa_deleted", timeout=timeout)
+    assert (deleted["inbound_spi"], deleted["outbound_spi"]) == (
+        old["inbound_spi"],
+        old["outbound_spi"],
+    ), (deleted, old)
+    return rekeyed
+
+
+def _log_count(swan: StrongSwan, line: str) -> int:
+    return swan.log.read_text(errors="replace").count(line)
+
+
+def test_strongswan_gateway_rekeys_and_terminates_our_initiator(lab: Lab) -> None:
+    """strongSwan rekeys the Child SA (PFS) and the IKE SA; then we run DPD and both
+    rekeys ourselves; strongSwan's ``--terminate`` ends it all.
+
+    [laptop] ike_driver --pfs x25519        [gw] charon, esp_proposals aes256gcm16-x25519
+    <-- CREATE_CHILD_SA {N(REKEY_SA), SA, Ni, KEi, TSi, TSr}   swanctl --rekey --child
+    <-- INFORMATIONAL {D(ESP old)}
+    <-- CREATE_CHILD_SA {SA(IKE), Ni, KEi}                     swanctl --rekey --ike
+    <-- INFORMATIONAL {D(IKE old)}                             (under the old IKE SA)
+    --> INFORMATIONAL {}                                       check_liveness
+    --> CREATE_CHILD_SA {N(REKEY_SA), ...}, --> D(ESP old)     rekey_child
+    --> CREATE_CHILD_SA {SA(IKE), ...}, --> D(IKE old)         rekey_ike
+    <-- INFORMATIONAL {D(IKE)}                                 swanctl --terminate --ike
+    """
+    swan = _gateway_swan(lab, ike=IKE_PFS, esp=ESP_PFS)
+    driver = _our_initiator(lab, ike=IKE_PFS, esp="aes256gcm16", pfs="x25519")
+    try:
+        ike = driver.wait_for("ike_sa_established", "ike_sa_failed", timeout=10)
+        assert ike["event"] == "ike_sa_established", ike
+        child = driver.wait_for("child_sa_established", timeout=2)
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{swan.logs()}") from None
+    _wait_ike(swan, "rw", ike["spi_i"], ike["spi_r"])
+    _wait_child(swan, "rw", child)
+
+    # strongSwan rekeys the Child SA, with a KE payload (PFS)
+    swan.rekey(child="office")
+    child = _expect_rekeyed_child(driver, child)
+    assert _wait_child(swan, "rw", child).proposal == ESP_PFS_LISTED
+    log = swan.log.read_text(errors="replace")
+    assert re.search(r"generating CREATE_CHILD_SA request \d+ \[ N\(REKEY_SA\) SA No KE", log), log
+
+    # strongSwan rekeys the IKE SA: it is the new SA's initiator (RFC 7296 2.18)
+    swan.rekey(ike="rw")
+    rekeyed = driver.wait_for("ike_sa_rekeyed", timeout=5)
+    assert (rekeyed["old_spi_i"], rekeyed["old_spi_r"]) == (ike["spi_i"], ike["spi_r"])
+    assert {rekeyed["spi_i"], rekeyed["spi_r"]}.isdisjoint({ike["spi_i"], ike["spi_r"]})
+    _wait_ike(swan, "rw", rekeyed["spi_i"], rekeyed["spi_r"])
+    _wait_child(swan, "rw", child)  # moved over unchanged
+
+    # our DPD on the new IKE SA (its message IDs start again at 0)
+    before = _log_count(swan, "generating INFORMATIONAL response 0 [ ]")
+    driver.command("check_liveness")
+    assert driver.wait_for("idle", timeout=5)["after"] == "check_liveness"
+    assert _log_count(swan, "parsed INFORMATIONAL request 0 [ ]") == 1, swan.logs()
+    assert _log_count(swan, "generating INFORMATIONAL response 0 [ ]") == before + 1
+
+    # we rekey the Child SA (PFS too), then the IKE SA
+    driver.command(f"rekey_child {child['inbound_spi']}")
+    child = _expect_rekeyed_child(driver, child)
+    assert driver.wait_for("idle", timeout=5)["after"].startswith("rekey_child")
+    assert _wait_child(swan, "rw", child).proposal == ESP_PFS_LISTED
+    log = swan.log.read_text(errors="replace")
+    assert re.search(r"parsed CREATE_CHILD_SA request 1 \[ N\(REKEY_SA\) SA No KE", log), log
+
+    driver.command("rekey_ike")
+    ours = driver.wait_for("ike_sa_rekeyed", timeout=5)
+    assert (ours["old_spi_i"], ours["old_spi_r"]) == (rekeyed["spi_i"], rekeyed["spi_r"])
+    assert driver.wait_for("idle", timeout=5)["after"] == "rekey_ike"  # old one deleted too
+    _wait_ike(swan, "rw", ours["spi_i"], ours["spi_r"])
+    _wait_child(swan, "rw", child)
+
+    # strongSwan deletes the IKE SA: the Child SA goes with it, the driver leaves
+    swan.terminate("rw")
+    deleted = driver.wait_for("child_sa_deleted", timeout=5)
+    assert deleted["inbound_spi"] == child["inbound_spi"], deleted
+    assert driver.wait_for("ike_sa_deleted", timeout=5)["by_peer"] is True
+    assert driver.process.wait(timeout=5) == 0, driver.stderr
+    assert swan.sas() == []
+    stopped = driver.wait_for("stopped", timeout=2)
+    assert not stopped["drops"], stopped
+
+
+def test_strongswan_initiator_rekeys_and_terminates_at_our_responder(lab: Lab) -> None:
+    """strongSwan as the road warrior rekeys the Child SA (PFS) and the IKE SA, then
+    terminates.
+
+    [laptop] charon, esp_proposals aes256gcm16-x25519      [gw] ike_driver --pfs x25519
+    CREATE_CHILD_SA {N(REKEY_SA), SA, Ni, KEi, TSi, TSr} -->   swanctl --rekey --child
+    INFORMATIONAL {D(ESP old)} -->
+    CREATE_CHILD_SA {SA(IKE), Ni, KEi} -->                     swanctl --rekey --ike
+    INFORMATIONAL {D(IKE old)} -->                             (under the old IKE SA)
+    INFORMATIONAL {D(IKE)} -->                                 swanctl --terminate --ike
+    """
+    driver = _our_responder(lab, pfs="x25519")
+    swan = _laptop_swan(lab, esp=ESP_PFS)
+    error = swan.initiate()
+    assert error is None, f"{error}\n{driver.collect()}\n{swan.logs()}"
+    ike = driver.wait_for("ike_sa_established", timeout=2)
+    child = driver.wait_for("child_sa_established", timeout=2)
+    _wait_ike(swan, "home", ike["spi_i"], ike["spi_r"])
+    _wait_child(swan, "home", child)
+
+    swan.rekey(child="office")
+    child = _expect_rekeyed_child(driver, child)
+    assert _wait_child(swan, "home", child).proposal == ESP_PFS_LISTED
+
+    swan.rekey(ike="home")
+    rekeyed = driver.wait_for("ike_sa_rekeyed", timeout=5)
+    assert (rekeyed["old_spi_i"], rekeyed["old_spi_r"]) == (ike["spi_i"], ike["spi_r"])
+    _wait_ike(swan, "home", rekeyed["spi_i"], rekeyed["spi_r"])
+    _wait_child(swan, "home", child)
+
+    swan.terminate("home")
+    assert driver.wait_for("child_sa_deleted", timeout=5)["inbound_spi"] == child["inbound_spi"]
+    assert driver.wait_for("ike_sa_deleted", timeout=5)["by_peer"] is True
+    assert driver.process.wait(timeout=5) == 0, driver.stderr
+    assert swan.sas() == []
+    stopped = driver.wait_for("stopped", timeout=2)
+    assert not stopped["drops"], stopped
