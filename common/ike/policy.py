@@ -5,16 +5,27 @@ responder's policy (who may connect, with which key, getting which address).
 ``ResponderPolicy`` is the concentrator's answer to "who is this peer?",
 asked only after the IKE_SA_INIT keys exist, so an implementation may look
 users up in a store without being exposed to unauthenticated floods.
+
+Certificate authentication (RFC 7296 2.15 with RFC 7427 DIGITAL_SIGNATURE) is
+opt-in on both sides: a configuration with ``private_key`` and ``certificate``
+signs its AUTH instead of using a PSK, and ``ca_certificates`` (initiator) or a
+``CertificatePolicy`` (responder) verifies a peer that signs. A responder
+policy that only implements ``ResponderPolicy`` keeps working: peers that sign
+are then refused with AUTHENTICATION_FAILED.
 """
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
+
+from cryptography import x509
 
 from common.ike import defaults
+from common.ike.auth import SigningKey
 from common.ike.constants import IdType, KeyExchangeMethod
 
 Ip4Address = ipaddress.IPv4Address
@@ -60,6 +71,18 @@ class IkeConfiguration:
         pfs_group: the KE group of a Child SA rekey (RFC 7296 1.3.3, 2.17: PFS),
             added to every ESP proposal of CREATE_CHILD_SA; None for no PFS.
             Both peers must agree, or the rekey ends in NO_PROPOSAL_CHOSEN.
+        private_key: our signing key; with ``certificate`` set, our AUTH is an
+            RFC 7427 digital signature (auth method 14) instead of the PSK MIC.
+        certificate: our end-entity certificate, sent first in CERT (RFC 7296 3.6).
+        certificate_chain: intermediates sent after it, so the peer can build a
+            path to its trust anchor; never the root.
+        ca_certificates: trust anchors for a peer that authenticates with a
+            signature; the initiator's (a responder asks its ``CertificatePolicy``).
+            Also announced in CERTREQ (RFC 7296 3.7). Empty: signing peers are refused.
+        validation_time: the UTC time at which a peer certificate is checked
+            (RFC 5280 6.1). The core reads no clock (STYLE.md), so the glue passes
+            the wall clock when it creates the session and tests a fixed time;
+            None refuses every peer certificate (AUTHENTICATION_FAILED).
     """
 
     local_id: Identity
@@ -70,6 +93,16 @@ class IkeConfiguration:
     force_encapsulation: bool = False
     request_address: bool = True
     pfs_group: KeyExchangeMethod | None = None
+    private_key: SigningKey | None = field(default=None, repr=False)
+    certificate: x509.Certificate | None = None
+    certificate_chain: tuple[x509.Certificate, ...] = ()
+    ca_certificates: tuple[x509.Certificate, ...] = ()
+    validation_time: datetime.datetime | None = None
+
+    @property
+    def signs(self) -> bool:
+        """Whether our AUTH is a certificate signature rather than the PSK MIC."""
+        return self.private_key is not None and self.certificate is not None
 
 
 class ResponderPolicy(Protocol):
@@ -95,3 +128,32 @@ class ResponderPolicy(Protocol):
     def subnets_for(self, identity: Identity) -> Sequence[Ip4Network]:
         """Networks ``identity`` may reach: TSr and INTERNAL_IP4_SUBNET."""
         ...
+
+
+@runtime_checkable
+class CertificatePolicy(ResponderPolicy, Protocol):
+    """A ``ResponderPolicy`` that also admits peers authenticating with certificates.
+
+    The responder checks the peer's chain against ``ca_certificates()`` at the
+    configuration's ``validation_time``, that IDi is named in the certificate
+    (RFC 4945 3.1) and the AUTH signature (RFC 7427); only then is
+    ``authorize`` asked. The other ``ResponderPolicy`` methods are then called
+    as for a PSK peer (``psk_for`` is not).
+    """
+
+    def ca_certificates(self) -> Sequence[x509.Certificate]:
+        """The trust anchors for peer certificates."""
+        ...
+
+    def authorize(self, identity: Identity, certificate: x509.Certificate) -> bool:
+        """Whether ``identity``, proven by ``certificate``, may connect.
+
+        ``accept_any_vouched_identity`` is the rule "whoever the CA vouches for".
+        """
+        ...
+
+
+def accept_any_vouched_identity(identity: Identity, certificate: x509.Certificate) -> bool:
+    """An ``authorize`` rule: every identity a trusted CA certified may connect."""
+    del identity, certificate
+    return True

@@ -9,16 +9,20 @@ failing run can be replayed exactly.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import random
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from cryptography import x509
+
+from common.ike.auth import SigningKey
 from common.ike.constants import KeyExchangeMethod
 from common.ike.events import IkeEvent
 from common.ike.message import Payload
-from common.ike.policy import Identity, IkeConfiguration
+from common.ike.policy import Identity, IkeConfiguration, accept_any_vouched_identity
 from common.ike.session import Address, IkeSession
 
 INITIATOR_IP = "192.0.2.10"
@@ -43,15 +47,41 @@ class FakeClock:
         return self.now
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """One side's certificate authentication settings (``IkeConfiguration`` fields).
+
+    ``cas`` are the trust anchors for the peer: the initiator's
+    ``ca_certificates``; for the responder put them in ``MemoryPolicy.cas``.
+    """
+
+    key: SigningKey | None = field(default=None, repr=False)
+    certificate: x509.Certificate | None = None
+    chain: tuple[x509.Certificate, ...] = ()
+    cas: tuple[x509.Certificate, ...] = ()
+
+
 @dataclass
 class MemoryPolicy:
-    """A ``ResponderPolicy`` backed by dicts and a list of free addresses."""
+    """A ``CertificatePolicy`` backed by dicts and a list of free addresses.
+
+    With no ``cas`` a peer that signs is refused; ``authorize`` decides which
+    certified identities may connect (default: any the CA vouches for).
+    """
 
     psks: dict[Identity, bytes] = field(default_factory=lambda: {CLIENT_ID: PSK})
     pool: list[ipaddress.IPv4Address] = field(default_factory=lambda: list(POOL))
     dns: tuple[ipaddress.IPv4Address, ...] = DNS
     subnets: tuple[ipaddress.IPv4Network, ...] = OFFICE
     leases: dict[Identity, ipaddress.IPv4Address] = field(default_factory=dict)
+    cas: tuple[x509.Certificate, ...] = ()
+    authorize_rule: Callable[[Identity, x509.Certificate], bool] = accept_any_vouched_identity
+
+    def ca_certificates(self) -> Sequence[x509.Certificate]:
+        return self.cas
+
+    def authorize(self, identity: Identity, certificate: x509.Certificate) -> bool:
+        return self.authorize_rule(identity, certificate)
 
     def psk_for(self, identity: Identity) -> bytes | None:
         return self.psks.get(identity)
@@ -164,6 +194,10 @@ def ike_pair(
     seed: int = 7,
     pfs_group: KeyExchangeMethod | None = None,
     responder_pfs_group: KeyExchangeMethod | Literal["same"] | None = "same",
+    initiator_credentials: Credentials | None = None,
+    responder_credentials: Credentials | None = None,
+    validation_time: datetime.datetime | None = None,
+    client_id: Identity = CLIENT_ID,
 ) -> IkePair:
     """A fresh initiator (client) and responder (concentrator), nothing sent yet.
 
@@ -171,18 +205,28 @@ def ike_pair(
     responder still sees ``INITIATOR_IP``, as a NAT in between would.
     ``pfs_group`` is the Child SA rekey's KE group for both sides unless
     ``responder_pfs_group`` names another for the responder.
+    ``initiator_credentials`` / ``responder_credentials`` make that side sign
+    its AUTH with a certificate (RFC 7427); ``validation_time`` is when both
+    check the peer's certificate; ``client_id`` is the initiator's IDi.
     """
     clock = FakeClock()
     policy = policy or MemoryPolicy()
+    mine = initiator_credentials or Credentials()
+    theirs = responder_credentials or Credentials()
     initiator = IkeSession(
         IkeConfiguration(
-            local_id=CLIENT_ID,
+            local_id=client_id,
             remote_id=GATEWAY_ID,
             psk=psk,
             ike_proposals=tuple(ike),
             esp_proposals=tuple(esp),
             force_encapsulation=force_encapsulation,
             pfs_group=pfs_group,
+            private_key=mine.key,
+            certificate=mine.certificate,
+            certificate_chain=mine.chain,
+            ca_certificates=mine.cas,
+            validation_time=validation_time,
         ),
         is_initiator=True,
         local_addr=(PRIVATE_IP if behind_nat else INITIATOR_IP, 500),
@@ -195,6 +239,10 @@ def ike_pair(
             ike_proposals=tuple(responder_ike or ike),
             esp_proposals=tuple(responder_esp or esp),
             pfs_group=pfs_group if responder_pfs_group == "same" else responder_pfs_group,
+            private_key=theirs.key,
+            certificate=theirs.certificate,
+            certificate_chain=theirs.chain,
+            validation_time=validation_time,
         ),
         is_initiator=False,
         local_addr=(RESPONDER_IP, 500),

@@ -74,6 +74,9 @@ class IkeSa:
     nat_t_pending: bool = False
     nat_t: bool = False
     remote_id: Identity | None = None
+    # The peer's N(SIGNATURE_HASH_ALGORITHMS) from IKE_SA_INIT (RFC 7427 section 4);
+    # None when it sent none, so we may not sign our AUTH for it.
+    peer_signature_hashes: tuple[int, ...] | None = None
     child_sas: dict[int, ChildSa] = field(default_factory=dict)  # by inbound SPI
     events: deque[IkeEvent] = field(default_factory=deque)
 

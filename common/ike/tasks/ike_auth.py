@@ -1,26 +1,56 @@
-"""IKE_AUTH: PSK authentication, the first Child SA, CP and TS (RFC 7296 1.2, 2.9, 2.15).
+"""IKE_AUTH: PSK or certificate authentication, the first Child SA, CP and TS
+(RFC 7296 1.2, 2.9, 2.15; RFC 7427 digital signatures).
 
 ::
 
-    HDR, SK {IDi, [IDr,] AUTH, CP(CFG_REQUEST), SAi2, TSi, TSr}  -->
-                 <--  HDR, SK {IDr, AUTH, CP(CFG_REPLY), SAr2, TSi, TSr}
+    HDR, SK {IDi, [CERT+,] [CERTREQ,] [IDr,] AUTH, CP(CFG_REQUEST), SAi2, TSi, TSr}  -->
+                 <--  HDR, SK {IDr, [CERT+,] AUTH, CP(CFG_REPLY), SAr2, TSi, TSr}
                  <--  HDR, SK {N(AUTHENTICATION_FAILED)}
-                 <--  HDR, SK {IDr, AUTH, N(NO_PROPOSAL_CHOSEN | TS_UNACCEPTABLE |
+                 <--  HDR, SK {IDr, [CERT+,] AUTH, N(NO_PROPOSAL_CHOSEN | TS_UNACCEPTABLE |
                                           INTERNAL_ADDRESS_FAILURE | FAILED_CP_REQUIRED)}
 
 strongSwan's ``ike_auth`` with ``ike_config`` and ``child_create`` folded in:
 one task while only the first Child SA exists. The driver opens ``SK {}`` and
 passes the payloads; an authentication failure raises (the driver answers or
 fails once), a Child SA refusal does not (RFC 7296 2.21.3: the IKE SA stands).
+
+Each side picks its own AUTH method (RFC 7296 2.15 lets them differ): a
+configuration with a private key and certificate signs (RFC 7427 method 14,
+a scheme chosen against the peer's N(SIGNATURE_HASH_ALGORITHMS)) and sends
+its CERTs, otherwise it uses the PSK MIC (method 2). The receiver accepts
+either: a PSK MIC is checked with the PSK it knows for the peer; a signature
+only after the peer's chain validates against our trust anchors at
+``validation_time``, the peer's ID is named in its certificate (RFC 4945
+3.1) and, on the responder, ``CertificatePolicy.authorize`` agrees. Every
+failure is AUTHENTICATION_FAILED and nothing more (RFC 7296 2.21.2); the
+reason is kept in the exception message for our logs only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from dataclasses import replace
 from typing import Final
 
-from common.ike.auth import id_payload_body, psk_auth, signed_octets, verify_psk_auth
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from common.ike.auth import (
+    choose_signature_scheme,
+    id_payload_body,
+    psk_auth,
+    signature_auth_data,
+    signed_octets,
+    verify_psk_auth,
+    verify_signature_auth,
+)
+from common.ike.certs import (
+    CertificateRejected,
+    CertificateVerifier,
+    auth_public_key,
+    identity_matches,
+)
 from common.ike.config import (
     AssignedConfig,
     build_cp_reply,
@@ -30,6 +60,7 @@ from common.ike.config import (
 )
 from common.ike.constants import (
     AuthMethod,
+    CertificateEncoding,
     ConfigType,
     ConfigurationAttributeType,
     ExchangeType,
@@ -41,6 +72,8 @@ from common.ike.keys import child_sa_keymat
 from common.ike.message import Payload
 from common.ike.payloads import (
     Authentication,
+    Certificate,
+    CertificateRequest,
     ConfigurationPayload,
     IdInitiator,
     IdPayload,
@@ -51,7 +84,7 @@ from common.ike.payloads import (
     TsInitiator,
     TsResponder,
 )
-from common.ike.policy import Identity
+from common.ike.policy import CertificatePolicy, Identity
 from common.ike.proposals import esp_algorithms, esp_proposals, select_proposal, validate_chosen
 from common.ike.selectors import is_subset, narrow, selectors_for_networks
 from common.ike.tasks.base import (
@@ -64,6 +97,33 @@ from common.ike.tasks.base import (
     identity,
     notify_name,
 )
+
+# More CERT payloads than any sane chain: refuse rather than feed them to path building.
+MAX_PEER_CERTIFICATES: Final = 8
+
+
+def _authentication_failed(reason: str) -> LocalProtocolError:
+    """The one error every authentication failure becomes (RFC 7296 2.21.2)."""
+    return LocalProtocolError(reason, NotifyType.AUTHENTICATION_FAILED)
+
+
+def _der(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(serialization.Encoding.DER)
+
+
+def certificate_request(ca_certificates: tuple[x509.Certificate, ...]) -> CertificateRequest:
+    """CERTREQ for X.509: SHA-1 hashes of the CAs' SubjectPublicKeyInfo, concatenated
+    (RFC 7296 3.7)."""
+    data = b"".join(
+        hashlib.sha1(
+            ca.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+            usedforsecurity=False,
+        ).digest()
+        for ca in ca_certificates
+    )
+    return CertificateRequest(CertificateEncoding.X509_CERTIFICATE_SIGNATURE, data)
 
 
 class IkeAuth:
@@ -79,12 +139,21 @@ class IkeAuth:
     # --- initiator ------------------------------------------------------------------------
 
     def build_i(self, message_id: int) -> bytes:
-        """``HDR, SK {IDi, [IDr,] AUTH, CP(CFG_REQUEST), SAi2, TSi, TSr} -->``."""
+        """``HDR, SK {IDi, [CERT+,] [CERTREQ,] [IDr,] AUTH, CP(CFG_REQUEST), SAi2, TSi, TSr} -->``.
+
+        Raises:
+            LocalProtocolError: AUTHENTICATION_FAILED when we sign but the responder
+                announced no hash our key can sign with (RFC 7427 section 4).
+        """
         sa, config = self._sa, self._sa.config
         payloads: list[Payload] = [IdInitiator(config.local_id.id_type, config.local_id.data)]
+        payloads += self._certificates()
+        if config.ca_certificates:
+            # RFC 7296 3.7: name the CAs we trust, so a responder with several can choose.
+            payloads.append(certificate_request(config.ca_certificates))
         if config.remote_id is not None:
             payloads.append(IdResponder(config.remote_id.id_type, config.remote_id.data))
-        payloads.append(self._build_auth(sa.real_message_1, sa.nr, config.local_id, config.psk))
+        payloads.append(self._build_auth(config.psk))
         if config.request_address:
             payloads.append(build_cp_request(ipv4=True, dns=True))
         self._child_inbound_spi = sa.allocate_spi()
@@ -97,7 +166,7 @@ class IkeAuth:
         return sa.seal(sa.header(ExchangeType.IKE_AUTH, message_id, response=False), payloads)
 
     def process_i(self, payloads: list[Payload]) -> None:
-        """``<-- HDR, SK {IDr, AUTH, CP(CFG_REPLY), SAr2, TSi, TSr}`` (or an error Notify).
+        """``<-- HDR, SK {IDr, [CERT+,] AUTH, CP(CFG_REPLY), SAr2, TSi, TSr}`` (or an error Notify).
 
         Raises:
             RemoteProtocolError: the responder refused (its Notify) or sent no IDr/AUTH.
@@ -114,13 +183,11 @@ class IkeAuth:
             name = "no IDr or AUTH" if error is None else notify_name(error.notify_type)
             raise RemoteProtocolError(f"responder refused IKE_AUTH: {name}", notify)
         remote_id = config.remote_id
-        if (
-            remote_id is not None and (idr.id_type, idr.data) != (remote_id.id_type, remote_id.data)
-        ) or (not self._verify_auth(auth, idr, config.psk)):
-            raise LocalProtocolError(
-                "responder failed authentication", NotifyType.AUTHENTICATION_FAILED
-            )
-        sa.remote_id = identity(idr)
+        peer = identity(idr)
+        if peer is None or (remote_id is not None and peer != remote_id):
+            raise _authentication_failed(f"responder identified as {peer}, not {remote_id}")
+        self._authenticate_peer(payloads, auth, idr, peer)
+        sa.remote_id = peer
         self._established()
         try:
             self._process_child_response(payloads, notifies)
@@ -181,7 +248,8 @@ class IkeAuth:
     # --- responder ------------------------------------------------------------------------
 
     def process_r(self, payloads: list[Payload]) -> None:
-        """``HDR, SK {IDi, AUTH, CP, SAi2, TSi, TSr} -->``: authenticate, then the child.
+        """``HDR, SK {IDi, [CERT+,] [CERTREQ,] [IDr,] AUTH, CP, SAi2, TSi, TSr} -->``: authenticate,
+        then the child.
 
         Raises:
             RemoteProtocolError: no IDi or AUTH (INVALID_SYNTAX).
@@ -195,21 +263,19 @@ class IkeAuth:
             raise RemoteProtocolError("IKE_AUTH without IDi or AUTH", NotifyType.INVALID_SYNTAX)
         peer = identity(idi)
         idr = first(payloads, IdResponder)
-        if (
-            peer is None
-            or (idr is not None and (idr.id_type, idr.data) != (local_id.id_type, local_id.data))
-            or not self._verify_auth(auth, idi, sa.policy.psk_for(peer))
+        if peer is None or (
+            idr is not None and (idr.id_type, idr.data) != (local_id.id_type, local_id.data)
         ):
             # RFC 7296 2.21.2: answer AUTHENTICATION_FAILED and close.
-            raise LocalProtocolError(
-                f"peer {peer} failed authentication", NotifyType.AUTHENTICATION_FAILED
-            )
-        psk = sa.policy.psk_for(peer)
-        assert psk is not None
+            raise _authentication_failed(f"peer {peer} asked for another responder identity")
+        self._authenticate_peer(payloads, auth, idi, peer)
+        # Our own AUTH: a signature when we have a certificate, else the peer's PSK.
+        psk = None if sa.config.signs else sa.policy.psk_for(peer)
         sa.remote_id = peer
         self._response = [
             IdResponder(local_id.id_type, local_id.data),
-            self._build_auth(sa.real_message_2, sa.ni, local_id, psk),
+            *self._certificates(),
+            self._build_auth(psk),
         ]
         self._established()
         try:
@@ -220,7 +286,7 @@ class IkeAuth:
             sa.events.append(ChildSaFailed(str(refusal), refusal.notify))
 
     def build_r(self, message_id: int) -> bytes:
-        """``<-- HDR, SK {IDr, AUTH, CP(CFG_REPLY), SAr2, TSi, TSr}``."""
+        """``<-- HDR, SK {IDr, [CERT+,] AUTH, CP(CFG_REPLY), SAr2, TSi, TSr}``."""
         header = self._sa.header(ExchangeType.IKE_AUTH, message_id, response=True)
         return self._sa.seal(header, self._response)
 
@@ -281,46 +347,140 @@ class IkeAuth:
             TsResponder(tuple(ts_r)),
         ]
 
-    # --- AUTH (RFC 7296 2.15) -------------------------------------------------------------
+    # --- AUTH (RFC 7296 2.15, RFC 7427) --------------------------------------------------
 
-    def _build_auth(
-        self, real_message: bytes, peer_nonce: bytes, local_id: Identity, psk: bytes
-    ) -> Authentication:
-        """AUTH = prf(prf(PSK, "Key Pad for IKEv2"), <SignedOctets>), RFC 7296 2.15."""
+    def _certificates(self) -> list[Certificate]:
+        """``CERT+``: our end-entity certificate first, then the chain (RFC 7296 3.6)."""
+        config = self._sa.config
+        if not config.signs:
+            return []
+        assert config.certificate is not None
+        return [
+            Certificate(CertificateEncoding.X509_CERTIFICATE_SIGNATURE, _der(certificate))
+            for certificate in (config.certificate, *config.certificate_chain)
+        ]
+
+    def _octets(self, id_type: int, id_data: bytes, *, initiators: bool) -> bytes:
+        """InitiatorSignedOctets or ResponderSignedOctets (RFC 7296 2.15) for that ID."""
         sa = self._sa
         assert sa.ike is not None
         assert sa.keys is not None
-        sk_p = sa.keys.sk_pi if sa.is_initiator else sa.keys.sk_pr
-        octets = signed_octets(
-            real_message,
-            peer_nonce,
-            sa.ike.prf,
-            sk_p,
-            id_payload_body(local_id.id_type, local_id.data),
-        )
+        if initiators:
+            real_message, nonce, sk_p = sa.real_message_1, sa.nr, sa.keys.sk_pi
+        else:
+            real_message, nonce, sk_p = sa.real_message_2, sa.ni, sa.keys.sk_pr
+        body = id_payload_body(id_type, id_data)
+        return signed_octets(real_message, nonce, sa.ike.prf, sk_p, body)
+
+    def _build_auth(self, psk: bytes | None) -> Authentication:
+        """Our AUTH over our first message, the peer's nonce and our ID (RFC 7296 2.15).
+
+        With a certificate: RFC 7427 Authentication Data, the scheme chosen from
+        the peer's N(SIGNATURE_HASH_ALGORITHMS). Otherwise
+        AUTH = prf(prf(PSK, "Key Pad for IKEv2"), <SignedOctets>).
+
+        Raises:
+            LocalProtocolError: AUTHENTICATION_FAILED when no scheme or no PSK fits.
+        """
+        sa, config = self._sa, self._sa.config
+        assert sa.ike is not None
+        local_id = config.local_id
+        octets = self._octets(local_id.id_type, local_id.data, initiators=sa.is_initiator)
+        if config.signs:
+            assert config.private_key is not None
+            scheme = choose_signature_scheme(config.private_key, sa.peer_signature_hashes or ())
+            if scheme is None:
+                # RFC 7427 section 4: sign only with a hash the verifier announced.
+                raise _authentication_failed(
+                    f"peer announced no signature hash our key can use: {sa.peer_signature_hashes}"
+                )
+            return Authentication(
+                AuthMethod.DIGITAL_SIGNATURE,
+                signature_auth_data(scheme, config.private_key, octets),
+            )
+        if not psk:
+            raise _authentication_failed(
+                "no certificate and no pre-shared key to authenticate with"
+            )
         return Authentication(
             AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE, psk_auth(sa.ike.prf, psk, octets)
         )
 
-    def _verify_auth(self, auth: Authentication, id_payload: IdPayload, psk: bytes | None) -> bool:
-        """Check the peer's AUTH over its first message, our nonce and its ID (RFC 7296 2.15)."""
+    def _authenticate_peer(
+        self, payloads: list[Payload], auth: Authentication, id_payload: IdPayload, peer: Identity
+    ) -> None:
+        """Check the peer's AUTH over its first message, our nonce and its ID (RFC 7296 2.15).
+
+        Raises:
+            LocalProtocolError: AUTHENTICATION_FAILED, with the reason for our logs.
+        """
         sa = self._sa
         assert sa.ike is not None
-        assert sa.keys is not None
-        if psk is None or auth.method != AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE:
-            return False
-        if sa.is_initiator:
-            real_message, nonce, sk_p = sa.real_message_2, sa.ni, sa.keys.sk_pr
+        octets = self._octets(id_payload.id_type, id_payload.data, initiators=not sa.is_initiator)
+        if auth.method == AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE:
+            if sa.is_initiator:
+                psk: bytes | None = sa.config.psk
+            else:
+                assert sa.policy is not None
+                psk = sa.policy.psk_for(peer)
+            if not psk or not verify_psk_auth(sa.ike.prf, psk, octets, auth.data):
+                raise _authentication_failed(f"peer {peer}: wrong or unknown pre-shared key")
+        elif auth.method == AuthMethod.DIGITAL_SIGNATURE:
+            certificate = self._verify_certificate(payloads, id_payload, peer)
+            try:
+                public_key = auth_public_key(certificate)
+            except CertificateRejected as rejected:
+                raise _authentication_failed(f"peer {peer}: {rejected}") from rejected
+            if not verify_signature_auth(public_key, auth.data, octets):
+                raise _authentication_failed(f"peer {peer}: AUTH signature does not verify")
+            policy = sa.policy
+            if not sa.is_initiator and not (
+                isinstance(policy, CertificatePolicy) and policy.authorize(peer, certificate)
+            ):
+                raise _authentication_failed(f"peer {peer}: not authorized by policy")
         else:
-            real_message, nonce, sk_p = sa.real_message_1, sa.nr, sa.keys.sk_pi
-        octets = signed_octets(
-            real_message,
-            nonce,
-            sa.ike.prf,
-            sk_p,
-            id_payload_body(id_payload.id_type, id_payload.data),
-        )
-        return verify_psk_auth(sa.ike.prf, psk, octets, auth.data)
+            raise _authentication_failed(f"peer {peer}: unsupported AUTH method {auth.method}")
+
+    def _verify_certificate(
+        self, payloads: list[Payload], id_payload: IdPayload, peer: Identity
+    ) -> x509.Certificate:
+        """The peer's end-entity certificate, once its chain and identity check out.
+
+        RFC 7296 3.6: the first CERT holds the key that signed AUTH; the others
+        are intermediates for path building. RFC 4945 3.1: the ID must be
+        named in the certificate.
+        """
+        sa = self._sa
+        policy = sa.policy
+        if sa.is_initiator:
+            anchors = list(sa.config.ca_certificates)
+        elif isinstance(policy, CertificatePolicy):
+            anchors = list(policy.ca_certificates())
+        else:
+            anchors = []
+        if not anchors:
+            raise _authentication_failed(f"peer {peer} signs, but we trust no CA")
+        if sa.config.validation_time is None:
+            raise _authentication_failed("no validation_time configured for peer certificates")
+        certs = [payload for payload in payloads if isinstance(payload, Certificate)]
+        if not certs or certs[0].encoding != CertificateEncoding.X509_CERTIFICATE_SIGNATURE:
+            raise _authentication_failed(f"peer {peer} signs without an X.509 CERT")
+        if len(certs) > MAX_PEER_CERTIFICATES:
+            raise _authentication_failed(f"peer {peer} sent {len(certs)} CERT payloads")
+        intermediates = [
+            cert.data
+            for cert in certs[1:]
+            if cert.encoding == CertificateEncoding.X509_CERTIFICATE_SIGNATURE
+        ]
+        try:
+            certificate = CertificateVerifier(anchors).verify(
+                certs[0].data, intermediates, now=sa.config.validation_time
+            )
+        except CertificateRejected as rejected:
+            raise _authentication_failed(f"peer {peer}: {rejected}") from rejected
+        if not identity_matches(certificate, id_payload.id_type, id_payload.data):
+            raise _authentication_failed(f"peer {peer} is not named in its certificate")
+        return certificate
 
     def _established(self) -> None:
         """Queue ``IkeSaEstablished``; the driver moves the state once we return."""

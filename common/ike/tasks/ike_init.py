@@ -2,8 +2,8 @@
 
 ::
 
-    HDR, SAi1, KEi, Ni, N(NAT_D_S), N(NAT_D_D), N(FRAG_SUP)  -->
-                 <--  HDR, SAr1, KEr, Nr, N(NAT_D_S), N(NAT_D_D), N(FRAG_SUP)
+    HDR, SAi1, KEi, Ni, N(NAT_D_S), N(NAT_D_D), N(FRAG_SUP), N(SIG_HASH)  -->
+                 <--  HDR, SAr1, KEr, Nr, N(NAT_D_S), N(NAT_D_D), N(FRAG_SUP), N(SIG_HASH)
                  <--  HDR(A,0), N(INVALID_KE_PAYLOAD) | N(NO_PROPOSAL_CHOSEN)
                  <--  HDR(A,0), N(COOKIE)
     HDR(A,0), N(COOKIE), SAi1, KEi, Ni, ...  -->
@@ -17,6 +17,10 @@ strongSwan's ``ike_init`` (with ``ike_natd`` folded in). The initiator calls
 ``build_i`` then ``process_i``; the responder ``process_r`` then ``build_r``.
 The message is plaintext: the driver decodes it and hands over both the
 ``IkeMessage`` and the raw octets, which AUTH signs (RFC 7296 2.15).
+
+Both sides always announce N(SIGNATURE_HASH_ALGORITHMS) (RFC 7427 section 4,
+``auth.SUPPORTED_HASH_ALGORITHMS``), whatever they authenticate with, and keep
+the peer's list in ``IkeSa.peer_signature_hashes`` for IKE_AUTH to sign with.
 """
 
 from __future__ import annotations
@@ -25,6 +29,11 @@ import struct
 from typing import Final
 
 from common.ike import cookies, defaults, key_exchange
+from common.ike.auth import (
+    SUPPORTED_HASH_ALGORITHMS,
+    decode_signature_hash_algorithms,
+    encode_signature_hash_algorithms,
+)
 from common.ike.constants import ExchangeType, KeyExchangeMethod, NotifyType
 from common.ike.errors import LocalProtocolError, RemoteProtocolError
 from common.ike.exchanges import Address
@@ -35,6 +44,24 @@ from common.ike.proposals import ike_algorithms, proposal_groups, select_proposa
 from common.ike.tasks.base import ZERO_SPI, IkeSa, as_notify, notify_name
 
 _GROUP: Final = struct.Struct("!H")
+
+
+def _signature_hash_algorithms() -> Notify:
+    """N(SIGNATURE_HASH_ALGORITHMS): the hashes we verify signatures with (RFC 7427 4)."""
+    return Notify(
+        NotifyType.SIGNATURE_HASH_ALGORITHMS,
+        encode_signature_hash_algorithms(SUPPORTED_HASH_ALGORITHMS),
+    )
+
+
+def _peer_signature_hashes(message: IkeMessage) -> tuple[int, ...] | None:
+    """The peer's announced hashes, or None without the notify.
+
+    Raises:
+        MalformedMessage: odd-length data (RFC 7427 section 4).
+    """
+    notify = message.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
+    return None if notify is None else decode_signature_hash_algorithms(notify.data)
 
 
 class IkeInit:
@@ -54,7 +81,7 @@ class IkeInit:
     # --- initiator ------------------------------------------------------------------------
 
     def build_i(self, group: int | None = None) -> bytes:
-        """``HDR, [N(COOKIE),] SAi1, KEi, Ni, N(NAT_D)*2, N(FRAG_SUP) -->`` (message ID 0).
+        """``HDR, [N(COOKIE),] SAi1, KEi, Ni, N(NAT_D)*2, N(FRAG_SUP), N(SIG_HASH) -->``.
 
         A new KEi for ``group``; Ni is made once and kept for every retry.
         """
@@ -81,6 +108,7 @@ class IkeInit:
             Nonce(sa.ni),
             *sa.build_nat_detection(ZERO_SPI),
             Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED),  # RFC 7383 2.3
+            _signature_hash_algorithms(),  # RFC 7427 section 4
         ]
         sa.real_message_1 = encode_message(IkeMessage(header, tuple(payloads)))
         return sa.real_message_1
@@ -116,6 +144,7 @@ class IkeInit:
         if ke.group != self._dh.group or ike.group != self._dh.group:
             raise RemoteProtocolError("responder's KE group is not the one we sent")
         sa = self._sa
+        sa.peer_signature_hashes = _peer_signature_hashes(message)
         sa.spi_r = header.spi_r
         sa.nr = nonce.data
         sa.real_message_2 = data
@@ -194,6 +223,7 @@ class IkeInit:
                 _GROUP.pack(ike.group),
             )
         sa = self._sa
+        sa.peer_signature_hashes = _peer_signature_hashes(message)
         sa.spi_i = header.spi_i
         sa.remote_addr = addr
         sa.ni = nonce.data
@@ -209,10 +239,11 @@ class IkeInit:
             Nonce(sa.nr),
             *sa.build_nat_detection(sa.spi_r),
             Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED),  # RFC 7383 2.3
+            _signature_hash_algorithms(),  # RFC 7427 section 4
         ]
         sa.real_message_1 = data
         sa.real_message_2 = encode_message(IkeMessage(response_header, tuple(payloads)))
 
     def build_r(self) -> bytes:
-        """``<-- HDR, SAr1, KEr, Nr, N(NAT_D)*2, N(FRAG_SUP)``."""
+        """``<-- HDR, SAr1, KEr, Nr, N(NAT_D)*2, N(FRAG_SUP), N(SIG_HASH)``."""
         return self._sa.real_message_2

@@ -1,0 +1,341 @@
+"""IkeSession's receiving half: intake, dispatch, the one error catch (RFC 7296 2.1-2.3, 2.21).
+
+Every IKE datagram goes through ``receive_datagram``, which sorts it:
+
+::
+
+    SPIs of the IKE SA a rekey replaced  --> retiring.RetiringSa.receive
+    request (R flag clear)               --> _receive_request:  response cache,
+        window (message ID), state and exchange type  --> _process_<exchange>_request
+    response (R flag set)                --> _receive_response: our outstanding
+        request (SPIs, I flag, message ID, exchange)  --> _process_<exchange>_response
+
+and then hands the payloads to the exchange's task (``tasks/``). Errors are
+raised deep and caught once, here (aioquic shape; RFC 7296 2.21): whatever
+fails before a message is known to be genuine (parse errors, a bad ICV) is
+dropped and counted in ``drops``; a responder answers a refused request with
+the error's Notify; an initiator fails the session with ``IkeSaFailed`` (and,
+when it rejects the responder's AUTH, says so in an INFORMATIONAL, RFC 7296
+2.21.2).
+
+This half also makes the moves an arriving message can cause: the state
+transitions, the switch to a rekeyed IKE SA (state.py rule 6) and closing.
+The other half, ``session.IkeSession``, holds the public API: construction,
+commands and their queue (``_pump``), timers and the output queues.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import Counter, deque
+from dataclasses import replace
+
+from common.ike.constants import ExchangeType, NotifyType, ProtocolId
+from common.ike.errors import IkeError, LocalProtocolError
+from common.ike.events import IkeEvent, IkeSaFailed, IkeSaRekeyed
+from common.ike.exchanges import Address, Requests, Responses
+from common.ike.message import IkeHeader, IkeMessage, decode_message, encode_message, peek_header
+from common.ike.payloads import Notify, SecurityAssociation
+from common.ike.retiring import RetiringSa
+from common.ike.state import INFORMATIONAL_STATES, IkeSaState, transition
+from common.ike.tasks.base import ZERO_SPI, ExchangeTask, IkeSa, TaskFactory, first
+from common.ike.tasks.child_rekey import ChildRekey, ChildRekeyResponder
+from common.ike.tasks.delete import retire
+from common.ike.tasks.dpd import Informational, NotifyRequest
+from common.ike.tasks.ike_auth import IkeAuth
+from common.ike.tasks.ike_init import IkeInit
+from common.ike.tasks.ike_rekey import IkeRekey, IkeRekeyResponder
+
+__all__ = ["SessionIntake"]
+
+
+class SessionIntake(ABC):
+    """What ``IkeSession`` does with each datagram it is given; see the module docstring.
+
+    ``IkeSession.__init__`` sets the state below; ``IkeSession._pump`` sends
+    the next queued command once a response frees the window (RFC 7296 2.3).
+    """
+
+    _sa: IkeSa  # the current IKE SA (switched by a rekey)
+    _state: IkeSaState
+    _requests: Requests  # ours, on the current SA
+    _responses: Responses  # the peer's, on the current SA
+    _datagrams: list[tuple[bytes, Address]]
+    drops: Counter[str]
+    _ike_init: IkeInit
+    _ike_auth: IkeAuth
+    _active: ExchangeTask | None  # our INFORMATIONAL / CREATE_CHILD_SA in flight
+    _queued: deque[TaskFactory]  # waiting for the window (RFC 7296 2.3)
+    _retiring: RetiringSa | None  # the IKE SA a rekey replaced (rule 6)
+    _answering: IkeHeader | None  # the request we may answer with an error
+    _accepted: bool  # the datagram being processed passed decoding/decryption
+    _request_addr: Address  # where the request came from
+    _request_data: bytes
+
+    @abstractmethod
+    def _pump(self, now: float) -> None:
+        """Send the next queued request once the window is free (RFC 7296 2.3)."""
+
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        """Process one IKE datagram; every protocol error is handled here (RFC 7296 2.21)."""
+        try:
+            header = peek_header(data)
+        except IkeError:
+            self.drops["malformed header"] += 1
+            return
+        self._answering = None
+        self._accepted = False
+        try:
+            retiring = self._retiring
+            if retiring is not None and retiring.owns(header):
+                self._datagrams += retiring.receive(header, data, addr)
+                if retiring.done:
+                    self._retiring = None
+            elif header.response:
+                self._receive_response(header, data, now)
+            else:
+                self._receive_request(header, data, addr)
+        except IkeError as error:
+            self._on_error(error, header)
+
+    # --- requests from the peer -----------------------------------------------------------
+
+    def _receive_request(self, header: IkeHeader, data: bytes, addr: Address) -> None:
+        self._request_addr = addr
+        self._request_data = data
+        if self._responses.is_retransmission(header.message_id, data):
+            # RFC 7296 2.1: answer a retransmitted request from the cache, unprocessed.
+            self.drops["retransmitted request"] += 1
+            for datagram in self._responses.cached():
+                self._datagrams.append((datagram, addr))
+            return
+        informational = self._state in INFORMATIONAL_STATES
+        if self._state is IkeSaState.CLOSED or (self._sa.is_initiator and not informational):
+            self.drops["unexpected request"] += 1
+            return
+        if not self._responses.is_next(header.message_id):
+            self.drops["message id outside the window"] += 1  # RFC 7296 2.3
+            return
+        ours = (header.spi_i, header.spi_r) == (self._sa.spi_i, self._sa.spi_r)
+        exchange = header.exchange_type
+        if self._state is IkeSaState.INITIAL and exchange == ExchangeType.IKE_SA_INIT:
+            self._process_ike_sa_init_request(data, addr)
+        elif self._state is IkeSaState.SA_INIT_DONE and exchange == ExchangeType.IKE_AUTH and ours:
+            self._process_ike_auth_request(header, data, addr)
+        elif (
+            informational
+            and exchange in (ExchangeType.INFORMATIONAL, ExchangeType.CREATE_CHILD_SA)
+            and ours
+            and header.initiator != self._sa.is_initiator  # RFC 7296 3.1: the I flag is the peer's
+        ):
+            if exchange == ExchangeType.INFORMATIONAL:
+                self._process_informational_request(header, data)
+            else:
+                self._process_create_child_sa_request(header, data)
+        else:
+            self.drops["unexpected exchange"] += 1
+
+    def _process_ike_sa_init_request(self, data: bytes, addr: Address) -> None:
+        """``HDR, SAi1, KEi, Ni -->``, then ``<-- HDR, SAr1, KEr, Nr``."""
+        message = decode_message(data)
+        self._answering = message.header  # RFC 7296 2.21.1: IKE_SA_INIT errors are answered
+        self._ike_init.process_r(message, data, addr)
+        self._respond(data, self._ike_init.build_r())
+        self._move(IkeSaState.SA_INIT_DONE)
+
+    def _process_ike_auth_request(self, header: IkeHeader, data: bytes, addr: Address) -> None:
+        """``HDR, SK {IDi, AUTH, CP, SAi2, TSi, TSr} -->``, then IDr, AUTH and the child."""
+        payloads = self._sa.open(data)
+        self._answering = header  # authenticated by the SK ICV: errors get a Notify
+        if self._sa.nat_t_pending:
+            self._sa.nat_t = True  # the peer moved to 4500 (RFC 7296 2.23); follow it
+        self._sa.remote_addr = addr  # RFC 7296 2.11: answer where the request came from
+        self._ike_auth.process_r(payloads)
+        self._move(IkeSaState.ESTABLISHED)
+        self._respond(data, self._ike_auth.build_r(header.message_id))
+
+    def _process_informational_request(self, header: IkeHeader, data: bytes) -> None:
+        """``HDR, SK {[D], [N]} -->``, then ``<-- HDR, SK {[D]}``; maybe close after."""
+        payloads = self._sa.open(data)
+        self._answering = header
+        task = Informational(self._sa)
+        closing = task.process_r(payloads)
+        self._respond(data, task.build_r(header.message_id))
+        if closing is not None:
+            self._close(closing)
+
+    def _process_create_child_sa_request(self, header: IkeHeader, data: bytes) -> None:
+        """``HDR, SK {[N(REKEY_SA),] SA, Ni, [KEi,] [TSi, TSr]} -->``: a rekey, or refused."""
+        payloads = self._sa.open(data)
+        self._answering = header
+        sa_payload = first(payloads, SecurityAssociation)
+        rekey = next(
+            (p for p in payloads if isinstance(p, Notify) and p.notify_type == NotifyType.REKEY_SA),
+            None,
+        )
+        closing = self._state is IkeSaState.DELETING
+        if sa_payload is not None and any(
+            p.protocol_id == ProtocolId.IKE for p in sa_payload.proposals
+        ):
+            busy = (
+                closing
+                or self._requests.outstanding is not None
+                or (self._retiring is not None and self._retiring.busy)
+            )
+            ike_task = IkeRekeyResponder(self._sa, busy=busy)
+            ike_task.process_r(payloads)
+            self._respond(data, ike_task.build_r(header.message_id))
+            if ike_task.new_sa is not None:
+                self._switch(ike_task.new_sa)
+        elif rekey is not None:
+            child_task = ChildRekeyResponder(self._sa, closing=closing)
+            child_task.process_r(payloads, rekey)
+            self._respond(data, child_task.build_r(header.message_id))
+        else:
+            # RFC 7296 1.3.1: we make no Child SA beyond the first; rekeys only.
+            self._send_error_response(header, NotifyType.NO_ADDITIONAL_SAS, b"")
+
+    # --- responses to our requests --------------------------------------------------------
+
+    def _receive_response(self, header: IkeHeader, data: bytes, now: float) -> None:
+        outstanding = self._requests.outstanding
+        if (
+            outstanding is None
+            or header.spi_i != self._sa.spi_i
+            or header.initiator == self._sa.is_initiator  # RFC 7296 3.1: the I flag is the peer's
+            or not self._requests.matches(header.message_id)
+            or header.exchange_type != outstanding.exchange_type
+        ):
+            self.drops["unexpected response"] += 1
+            return
+        if self._state is IkeSaState.SA_INIT_SENT:
+            self._process_ike_sa_init_response(data, now)
+        elif header.spi_r != self._sa.spi_r:
+            self.drops["unexpected response"] += 1
+        elif self._state is IkeSaState.AUTH_SENT:
+            self._process_ike_auth_response(data, now)
+        elif self._active is not None:
+            self._process_task_response(data, now)
+        else:
+            self.drops["unexpected response"] += 1
+
+    def _process_ike_sa_init_response(self, data: bytes, now: float) -> None:
+        """``<-- HDR, SAr1, KEr, Nr`` (or an error), then ``HDR, SK {IDi, AUTH, ...} -->``."""
+        message = decode_message(data)
+        self._accepted = True
+        retry = self._ike_init.process_i(message, data)
+        if retry is not None:
+            self._requests.resend(retry, now)
+            self._send(retry)
+            return
+        self._requests.answered()
+        message_id = self._requests.allocate()
+        request = self._ike_auth.build_i(message_id)
+        self._requests.sent(message_id, ExchangeType.IKE_AUTH, request, now)
+        self._send(request)
+        self._move(IkeSaState.AUTH_SENT)
+
+    def _process_ike_auth_response(self, data: bytes, now: float) -> None:
+        """``<-- HDR, SK {IDr, AUTH, CP(CFG_REPLY), SAr2, TSi, TSr}`` (or an error Notify)."""
+        payloads = self._sa.open(data)
+        self._accepted = True
+        self._requests.answered()
+        self._ike_auth.process_i(payloads)
+        self._move(IkeSaState.ESTABLISHED)
+
+    def _process_task_response(self, data: bytes, now: float) -> None:
+        """``<-- HDR, SK {...}`` for our INFORMATIONAL or CREATE_CHILD_SA; then what follows."""
+        payloads = self._sa.open(data)
+        self._accepted = True
+        self._requests.answered()
+        task, self._active = self._active, None
+        assert task is not None
+        closing = task.process_i(payloads)
+        if closing is not None:
+            self._close(closing)
+            return
+        if isinstance(task, IkeRekey) and task.new_sa is not None:
+            self._switch(task.new_sa)
+            assert self._retiring is not None
+            self._send(self._retiring.delete(now))  # the rekey initiator deletes the old SA
+        if isinstance(task, (ChildRekey, IkeRekey)) and task.follow_up is not None:
+            self._queued.appendleft(task.follow_up)  # the old SA's Delete, or the KE retry
+        self._pump(now)
+
+    def _switch(self, new_sa: IkeSa) -> None:
+        """Go on under the rekeyed IKE SA (RFC 7296 2.18, state.py rule 6).
+
+        Child SAs move over; message IDs restart at 0 both ways; the old SA
+        is kept as ``_retiring`` for its Delete and its response cache.
+        """
+        old = self._sa
+        new_sa.child_sas, old.child_sas = old.child_sas, {}
+        self._retiring = RetiringSa(old, self._requests, self._responses, self.drops)
+        self._sa = new_sa
+        self._requests = Requests()
+        self._responses = Responses()
+        self._sa.events.append(IkeSaRekeyed(old.spi_i, old.spi_r, new_sa.spi_i, new_sa.spi_r))
+
+    # --- errors and closing ---------------------------------------------------------------
+
+    def _on_error(self, error: IkeError, header: IkeHeader) -> None:
+        """The one place protocol errors become drops, Notify answers or failures."""
+        if self._answering is not None:
+            # We are the responder and the request was genuine enough to answer.
+            if error.notify is not None:
+                self._send_error_response(self._answering, error.notify, error.notify_data)
+            if error.notify is not NotifyType.INVALID_KE_PAYLOAD:  # RFC 7296 1.2: stateless
+                self._fail(str(error), error.notify)
+        elif self._accepted and header.response:
+            if (
+                isinstance(error, LocalProtocolError)
+                and error.notify is NotifyType.AUTHENTICATION_FAILED
+                and header.exchange_type == ExchangeType.IKE_AUTH
+            ):
+                # RFC 7296 2.21.2: tell the responder in a separate INFORMATIONAL.
+                self._send(NotifyRequest(self._sa, error.notify).build_i(self._requests.allocate()))
+            self._fail(str(error), error.notify)
+        else:
+            # RFC 7296 2.21: unauthenticated junk is dropped, never answered.
+            self.drops[type(error).__name__] += 1
+
+    def _move(self, new: IkeSaState) -> None:
+        self._state = transition(self._state, new)
+
+    def _fail(self, reason: str, notify: NotifyType | None) -> None:
+        self._close(IkeSaFailed(reason, notify))
+
+    def _close(self, event: IkeEvent) -> None:
+        """Close for good: Child SAs first (RFC 7296 1.4.1), then ``event``; no timer."""
+        if self._state is IkeSaState.CLOSED:
+            return
+        for child in list(self._sa.child_sas.values()):
+            retire(self._sa, child)
+        self._move(IkeSaState.CLOSED)
+        self._requests.outstanding = None
+        if self._retiring is not None:
+            self._retiring.stop()
+        self._active = None
+        self._queued.clear()
+        self._sa.events.append(event)
+
+    # --- sending --------------------------------------------------------------------------
+
+    def _send(self, datagram: bytes) -> None:
+        self._datagrams.append((datagram, self._sa.remote_addr))
+
+    def _respond(self, request: bytes, response: bytes) -> None:
+        """Send ``response`` where ``request`` came from (RFC 7296 2.11) and cache it."""
+        self._responses.answered(request, (response,))
+        self._datagrams.append((response, self._request_addr))
+
+    def _send_error_response(self, request: IkeHeader, notify: NotifyType, data: bytes) -> None:
+        """A Notify-only response to ``request``: plain in IKE_SA_INIT, else protected."""
+        if request.exchange_type == ExchangeType.IKE_SA_INIT:
+            # RFC 7296 1.2: HDR(A,0), N(...); not cached, the responder keeps no state.
+            header = IkeHeader(request.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, 0, False, True)
+            message = IkeMessage(header, (Notify(notify, data),))
+            self._datagrams.append((encode_message(message), self._request_addr))
+            return
+        header = replace(request, initiator=self._sa.is_initiator, response=True)
+        self._respond(self._request_data, self._sa.seal(header, [Notify(notify, data)]))
