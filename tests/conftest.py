@@ -40,7 +40,10 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    if report.skipped and running_in_ci() and _is_environment_dependent(item):
+    # An expected failure is reported as skipped with ``wasxfail``: it is not
+    # an environment skip and must keep its meaning in CI.
+    was_xfail = hasattr(report, "wasxfail")
+    if report.skipped and not was_xfail and running_in_ci() and _is_environment_dependent(item):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, which counts as a failure: {reason}"

@@ -15,12 +15,14 @@ policy relaxed from Web PKI to what IKE deployments use (see ``_ike_ee_policy``)
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 from enum import Enum
 from typing import Final
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import (
@@ -32,8 +34,9 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from common.ike.constants import IdType, NotifyType
+from common.ike.constants import CertificateEncoding, IdType, NotifyType
 from common.ike.errors import RemoteProtocolError
+from common.ike.payloads.id_auth import CertificateRequest
 
 __all__ = [
     "CertificateRejectReason",
@@ -369,3 +372,18 @@ def _same_email(a: str, b: str) -> bool:
     if not (at_a and at_b):
         return False
     return local_a == local_b and domain_a.lower() == domain_b.lower()
+
+
+def certificate_request(ca_certificates: tuple[x509.Certificate, ...]) -> CertificateRequest:
+    """CERTREQ for X.509: SHA-1 hashes of the CAs' SubjectPublicKeyInfo, concatenated
+    (RFC 7296 3.7)."""
+    data = b"".join(
+        hashlib.sha1(
+            ca.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+            usedforsecurity=False,
+        ).digest()
+        for ca in ca_certificates
+    )
+    return CertificateRequest(CertificateEncoding.X509_CERTIFICATE_SIGNATURE, data)

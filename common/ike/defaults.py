@@ -38,3 +38,19 @@ COOKIE_SECRET_LIFETIME_S: Final = 120.0
 # challenge, one if the responder's
 # secret changed in between, one for a duplicated or reordered response.
 COOKIE_RETRIES: Final = 3
+
+# SA lifetimes (RFC 7296 2.8 leaves them to policy), strongSwan's semantics:
+# rekey at ``rekey_time - random(0, rand_time)`` after the SA was made, and
+# give it up at ``rekey_time + over_time`` if no rekey succeeded by then.
+# charon's defaults: IKE SA 4 h, Child SA 1 h; over_time and rand_time are
+# 10% of rekey_time when not set (``policy.IkeConfiguration``).
+IKE_REKEY_TIME_S: Final = 4 * 3600.0
+CHILD_REKEY_TIME_S: Final = 3600.0
+OVER_TIME_FRACTION: Final = 0.1
+RAND_TIME_FRACTION: Final = 0.1
+# An automatic rekey that could not start (the window was busy, the SA was
+# being rekeyed or deleted) or was refused (TEMPORARY_FAILURE, RFC 7296 2.25)
+# is tried again after this, plus up to the jitter: charon's RETRY_INTERVAL
+# and RETRY_JITTER, so two refused peers do not collide again in lockstep.
+REKEY_RETRY_S: Final = 15.0
+REKEY_RETRY_JITTER_S: Final = 10.0

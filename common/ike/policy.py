@@ -83,6 +83,16 @@ class IkeConfiguration:
             (RFC 5280 6.1). The core reads no clock (STYLE.md), so the glue passes
             the wall clock when it creates the session and tests a fixed time;
             None refuses every peer certificate (AUTHENTICATION_FAILED).
+        ike_rekey_time: seconds after the IKE SA was made (or last rekeyed)
+            to rekey it (RFC 7296 2.8, strongSwan ``rekey_time``); 0 disables
+            both the automatic rekey and the hard expiry.
+        ike_over_time: how long after ``ike_rekey_time`` an IKE SA that was
+            not rekeyed is closed (``over_time``); None: 10% of the rekey time.
+        ike_rand_time: the most subtracted at random from ``ike_rekey_time``
+            so both peers rarely rekey at once (``rand_time``, drawn from the
+            session's rng); None: 10% of the rekey time; 0: no jitter.
+        child_rekey_time, child_over_time, child_rand_time: the same for
+            each Child SA (an IKE SA rekey keeps its Child SAs' lifetimes).
     """
 
     local_id: Identity
@@ -98,6 +108,12 @@ class IkeConfiguration:
     certificate_chain: tuple[x509.Certificate, ...] = ()
     ca_certificates: tuple[x509.Certificate, ...] = ()
     validation_time: datetime.datetime | None = None
+    ike_rekey_time: float = defaults.IKE_REKEY_TIME_S
+    ike_over_time: float | None = None
+    ike_rand_time: float | None = None
+    child_rekey_time: float = defaults.CHILD_REKEY_TIME_S
+    child_over_time: float | None = None
+    child_rand_time: float | None = None
 
     @property
     def signs(self) -> bool:

@@ -45,21 +45,22 @@ from collections.abc import Callable
 
 from common.esp.spi import allocate_spi
 from common.ike.constants import ExchangeType
-from common.ike.events import IkeEvent, IkeSaDeleted
+from common.ike.events import IkeEvent, IkeSaDeleted, IkeSaFailed
 from common.ike.exchanges import Address, Requests, Responses, Timeout
 from common.ike.intake import SessionIntake
+from common.ike.lifetimes import Lifetime, Lifetimes
 from common.ike.policy import IkeConfiguration, ResponderPolicy
 from common.ike.proposals import ike_proposals
 from common.ike.state import ChildSaState, IkeSaState
 from common.ike.tasks.base import ChildSa, ExchangeTask, IkeSa, TaskFactory, new_ike_spi
 from common.ike.tasks.child_rekey import ChildRekey
-from common.ike.tasks.delete import ChildDelete, IkeDelete
+from common.ike.tasks.delete import ChildDelete, IkeDelete, retire
 from common.ike.tasks.dpd import Dpd
 from common.ike.tasks.ike_auth import IkeAuth
 from common.ike.tasks.ike_init import IkeInit
 from common.ike.tasks.ike_rekey import IkeRekey
 
-__all__ = ["Address", "IkeSaState", "IkeSession", "Rng"]
+__all__ = ["Address", "IkeSaState", "IkeSession", "Lifetime", "Rng"]
 
 Rng = Callable[[int], bytes]
 
@@ -80,6 +81,11 @@ class IkeSession(SessionIntake):
     - ``datagrams_to_send(now)``: ``(data, addr)`` pairs to send; when
       ``use_nat_t`` is true, send them from port 4500 with the non-ESP marker;
     - ``next_event()``: ``IkeEvent`` facts, until None.
+
+    SA lifetimes (``lifetimes.py``, RFC 7296 2.8) run on the same timer: at
+    an SA's soft time the session queues ``rekey_child`` / ``rekey_ike``
+    itself, and at its hard time deletes the Child SA (``ChildSaDeleted``)
+    or closes (``IkeSaFailed("lifetime expired")``).
     """
 
     def __init__(
@@ -104,6 +110,11 @@ class IkeSession(SessionIntake):
             rng: randomness for SPIs, nonces, DH keys and CBC IVs.
             spi_allocator: our inbound ESP SPI for a new Child SA; defaults to
                 ``allocate_spi`` with ``rng``.
+
+        Raises:
+            RuntimeError: no peer or credentials for an initiator, no policy
+                for a responder.
+            ValueError: negative SA lifetimes, or jitter not below the rekey time.
         """
         if is_initiator and (remote_addr is None or not (configuration.psk or configuration.signs)):
             # API misuse: fail fast at the call site.
@@ -137,6 +148,7 @@ class IkeSession(SessionIntake):
         self._accepted = False  # the datagram being processed passed decoding/decryption
         self._request_addr = self._sa.remote_addr  # where the request came from
         self._request_data = b""
+        self._lifetimes = Lifetimes(configuration, rng)
 
     # --- properties -----------------------------------------------------------------------
 
@@ -176,6 +188,26 @@ class IkeSession(SessionIntake):
         on port 500.
         """
         return self._sa.nat_t
+
+    @property
+    def exchanging(self) -> bool:
+        """True while a request of ours is in flight or queued, or our Delete of a
+        replaced IKE SA is: the glue's "wait until done", since lifetimes keep a
+        timer armed for the whole life of the SA."""
+        return (
+            self._requests.outstanding is not None
+            or bool(self._queued)
+            or (self._retiring is not None and self._retiring.busy)
+        )
+
+    @property
+    def ike_lifetime(self) -> Lifetime | None:
+        """The established IKE SA's rekey and expiry times, or None before."""
+        return self._lifetimes.ike()
+
+    def child_lifetime(self, inbound_spi: int) -> Lifetime | None:
+        """The rekey and expiry times of the Child SA with this *inbound* SPI."""
+        return self._lifetimes.child(inbound_spi)
 
     # --- driver API -----------------------------------------------------------------------
 
@@ -246,13 +278,26 @@ class IkeSession(SessionIntake):
         """Rekey the IKE SA (RFC 7296 1.3.2, 2.18): ``HDR, SK {SA, Ni, KEi} -->``.
 
         On the answer the session switches to the new SA (``IkeSaRekeyed``)
-        and deletes the old one; on a refusal ``RekeyFailed``.
+        and deletes the old one; on a refusal ``RekeyFailed``. A rekey whose
+        IKE SA was already replaced when its turn comes does nothing.
         """
         self._require_established("rekey_ike")
-        self._start(IkeRekey, now)
+        current = self._sa
+
+        def factory(sa: IkeSa) -> ExchangeTask | None:
+            # Already replaced by its turn (the peer's rekey, or an earlier one of ours).
+            return IkeRekey(sa) if sa is current else None
+
+        self._start(factory, now)
+
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        """Process one IKE datagram (``intake.SessionIntake``); start new SAs' lifetimes."""
+        super().receive_datagram(data, addr, now)
+        self._track_lifetimes(now)
 
     def handle_timer(self, now: float) -> None:
-        """Retransmit the outstanding request, or give up (RFC 7296 2.1, 2.4)."""
+        """Retransmit the outstanding request, or give up (RFC 7296 2.1, 2.4);
+        rekey or expire the SAs whose lifetime says so (RFC 7296 2.8)."""
         if self._state is IkeSaState.CLOSED:
             return
         outcome = self._requests.expire(now)
@@ -270,6 +315,9 @@ class IkeSession(SessionIntake):
                 self._send(datagram)
             if self._retiring.done:
                 self._retiring = None
+        if self._state is IkeSaState.ESTABLISHED:
+            self._track_lifetimes(now)
+            self._run_lifetimes(now)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
         """The datagrams queued since the last call, each with its destination."""
@@ -283,6 +331,8 @@ class IkeSession(SessionIntake):
         deadlines = [self._requests.deadline()]
         if self._retiring is not None:
             deadlines.append(self._retiring.deadline())
+        if self._state is IkeSaState.ESTABLISHED:
+            deadlines.append(self._lifetimes.deadline())
         return min((d for d in deadlines if d is not None), default=None)
 
     def next_event(self) -> IkeEvent | None:
@@ -320,3 +370,48 @@ class IkeSession(SessionIntake):
 
     def _new_ike_spi(self) -> bytes:
         return new_ike_spi(self._sa.rng)  # RFC 7296 3.1: an SPI is never zero
+
+    # --- lifetimes (RFC 7296 2.8) ---------------------------------------------------------
+
+    def _track_lifetimes(self, now: float) -> None:
+        if self._state is IkeSaState.ESTABLISHED:
+            self._lifetimes.track(self._sa, now)
+
+    def _idle(self) -> bool:
+        return self._requests.outstanding is None and not self._queued
+
+    def _run_lifetimes(self, now: float) -> None:
+        """Expire what outlived its hard time, start the rekeys whose soft time came.
+
+        An automatic rekey starts only on an idle window and an SA not already
+        being rekeyed or deleted; otherwise (and after a refusal) ``Lifetimes``
+        brings it round again after the retry interval.
+        """
+        due = self._lifetimes.due(now)
+        if due.ike_expired:
+            if self._requests.outstanding is None:
+                # A parting D(IKE), sent once: we will not wait for its answer.
+                self._send(IkeDelete(self._sa).build_i(self._requests.allocate()))
+            self._close(IkeSaFailed("lifetime expired", None))
+            return
+        for child in due.children_expired:
+            if self._sa.child_sas.get(child.inbound_spi) is not child:
+                continue
+            tell_peer = child.state is not ChildSaState.DELETING  # else our Delete is on its way
+            retire(self._sa, child)  # its keys may carry no more traffic
+            if tell_peer:
+                self._start(_expired_child_delete(child), now)
+        for child in due.children_rekey:
+            if child.state is ChildSaState.INSTALLED and self._idle():
+                self.rekey_child(child.inbound_spi, now)
+        if due.ike_rekey and self._idle():
+            self.rekey_ike(now)
+
+
+def _expired_child_delete(child: ChildSa) -> TaskFactory:
+    """``HDR, SK {D(ESP)} -->`` for a Child SA already gone here (hard expiry)."""
+
+    def factory(sa: IkeSa) -> ExchangeTask | None:
+        return ChildDelete(sa, child)
+
+    return factory

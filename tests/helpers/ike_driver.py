@@ -6,6 +6,11 @@ Run it inside a network namespace, as a subprocess of the test::
         --role initiator --local 192.0.2.2 --remote 192.0.2.1 \\
         --local-id rw.lab.example --remote-id gw.lab.example --psk SECRET
 
+With ``--cert``/``--key`` (PEM files) it signs its AUTH (RFC 7427) instead;
+``--ca`` (PEM, repeatable) are the trust anchors for a signing peer (the
+responder's policy then admits whoever they vouch for), checked at the wall
+clock's UTC time when the driver starts. An ID with ``@`` is ID_RFC822_ADDR.
+
 It binds UDP 500 and 4500 on ``--local``, feeds received IKE datagrams to the
 session (stripping the RFC 3948 non-ESP marker on 4500, counting ESP and
 NAT keepalives there without handing them over), sends what the session
@@ -44,6 +49,7 @@ Blocking sockets and ``select``: a test needs no event loop.
 from __future__ import annotations
 
 import argparse
+import datetime
 import ipaddress
 import json
 import os
@@ -62,7 +68,11 @@ from queue import Empty, Queue
 from types import FrameType
 from typing import Any, Final
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
 from common.ike import defaults
+from common.ike.auth import SigningKey
 from common.ike.constants import KeyExchangeMethod
 from common.ike.events import (
     AddressAssigned,
@@ -79,7 +89,7 @@ from common.ike.events import (
     RekeyFailed,
 )
 from common.ike.payloads import TrafficSelector
-from common.ike.policy import Identity, IkeConfiguration
+from common.ike.policy import Identity, IkeConfiguration, accept_any_vouched_identity
 from common.ike.session import IkeSession
 
 NON_ESP_MARKER: Final = bytes(4)  # RFC 3948 2.2
@@ -121,6 +131,36 @@ class PoolPolicy:
 
     def subnets_for(self, identity: Identity) -> Sequence[ipaddress.IPv4Network]:
         return self.subnets
+
+
+@dataclass
+class CertPoolPolicy(PoolPolicy):
+    """A ``CertificatePolicy``: ``PoolPolicy`` plus trust anchors; whoever they vouch for."""
+
+    cas: tuple[x509.Certificate, ...] = ()
+
+    def ca_certificates(self) -> Sequence[x509.Certificate]:
+        return self.cas
+
+    def authorize(self, identity: Identity, certificate: x509.Certificate) -> bool:
+        return accept_any_vouched_identity(identity, certificate)
+
+
+def identity(text: str) -> Identity:
+    """ID_RFC822_ADDR when ``text`` has an ``@``, else ID_FQDN."""
+    return Identity.rfc822(text) if "@" in text else Identity.fqdn(text)
+
+
+def _load_certificates(paths: Sequence[str]) -> tuple[x509.Certificate, ...]:
+    found: list[x509.Certificate] = []
+    for path in paths:
+        found += x509.load_pem_x509_certificates(Path(path).read_bytes())
+    return tuple(found)
+
+
+def _load_key(path: str) -> SigningKey:
+    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    return key  # type: ignore[return-value]
 
 
 def _ts(selector: TrafficSelector) -> str:
@@ -254,14 +294,22 @@ def run_driver(args: argparse.Namespace) -> int:
     sock_nat = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock_ike.bind((local, defaults.IKE_PORT))
     sock_nat.bind((local, defaults.NAT_T_PORT))
+    cas = _load_certificates(args.ca)
+    certificates = _load_certificates([args.cert]) if args.cert else ()
+    uses_certs = bool(cas or certificates)
     configuration = IkeConfiguration(
-        local_id=Identity.fqdn(args.local_id),
-        remote_id=Identity.fqdn(args.remote_id) if args.remote_id else None,
+        local_id=identity(args.local_id),
+        remote_id=identity(args.remote_id) if args.remote_id else None,
         psk=args.psk.encode() if args.role == "initiator" else b"",
         ike_proposals=tuple(args.ike),
         esp_proposals=tuple(args.esp),
         force_encapsulation=args.force_encap,
         pfs_group=PFS_GROUPS[args.pfs] if args.pfs else None,
+        private_key=_load_key(args.key) if args.key else None,
+        certificate=certificates[0] if certificates else None,
+        certificate_chain=certificates[1:],
+        ca_certificates=cas if args.role == "initiator" else (),
+        validation_time=datetime.datetime.now(datetime.UTC) if uses_certs else None,
     )
     if args.role == "initiator":
         session = IkeSession(
@@ -272,11 +320,12 @@ def run_driver(args: argparse.Namespace) -> int:
         )
     else:
         first = ipaddress.IPv4Address(args.pool_start)
-        policy = PoolPolicy(
+        policy = CertPoolPolicy(
             psk=args.psk.encode(),
             pool=[first + i for i in range(16)],
             subnets=tuple(ipaddress.IPv4Network(net) for net in args.subnet),
             dns=tuple(ipaddress.IPv4Address(dns) for dns in args.dns),
+            cas=cas,
         )
         session = IkeSession(
             configuration,
@@ -322,7 +371,7 @@ def run_driver(args: argparse.Namespace) -> int:
                 status = closed
                 break
             timer = session.get_timer()
-            if busy_after is not None and timer is None:
+            if busy_after is not None and not session.exchanging:
                 _emit({"event": "idle", "after": busy_after})
                 busy_after = None
             wake = deadline if timer is None else min(deadline, timer)
@@ -373,9 +422,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--role", choices=("initiator", "responder"), required=True)
     parser.add_argument("--local", required=True, help="our IPv4 address (ports 500 and 4500)")
     parser.add_argument("--remote", help="the responder's address (initiator only)")
-    parser.add_argument("--local-id", required=True, help="our ID_FQDN")
-    parser.add_argument("--remote-id", default="", help="the peer's ID_FQDN")
-    parser.add_argument("--psk", required=True)
+    parser.add_argument("--local-id", required=True, help="our ID_FQDN (or RFC822 with @)")
+    parser.add_argument("--remote-id", default="", help="the peer's ID_FQDN (or RFC822)")
+    parser.add_argument("--psk", default="", help="the PSK (not needed with --cert/--key)")
+    parser.add_argument("--cert", help="our PEM certificate (then intermediates): sign AUTH")
+    parser.add_argument("--key", help="our PEM (PKCS#8) private key, with --cert")
+    parser.add_argument("--ca", action="append", default=[], help="PEM trust anchor(s)")
     parser.add_argument("--ike", action="append", default=None, help="IKE proposal (repeatable)")
     parser.add_argument("--esp", action="append", default=None, help="ESP proposal (repeatable)")
     parser.add_argument("--force-encap", action="store_true", help="fake a NAT (encap=yes)")
@@ -390,6 +442,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.subnet = args.subnet or ["10.99.0.0/24"]
     if args.role == "initiator" and not args.remote:
         parser.error("an initiator needs --remote")
+    if bool(args.cert) != bool(args.key):
+        parser.error("--cert and --key go together")
+    if not args.psk and not args.cert:
+        parser.error("--psk or --cert/--key is needed")
     return args
 
 

@@ -13,7 +13,7 @@ import datetime
 import ipaddress
 import random
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from cryptography import x509
@@ -198,6 +198,13 @@ def ike_pair(
     responder_credentials: Credentials | None = None,
     validation_time: datetime.datetime | None = None,
     client_id: Identity = CLIENT_ID,
+    ike_rekey_time: float = 0.0,
+    ike_over_time: float | None = None,
+    ike_rand_time: float | None = None,
+    child_rekey_time: float = 0.0,
+    child_over_time: float | None = None,
+    child_rand_time: float | None = None,
+    responder_lifetimes: bool = True,
 ) -> IkePair:
     """A fresh initiator (client) and responder (concentrator), nothing sent yet.
 
@@ -208,25 +215,44 @@ def ike_pair(
     ``initiator_credentials`` / ``responder_credentials`` make that side sign
     its AUTH with a certificate (RFC 7427); ``validation_time`` is when both
     check the peer's certificate; ``client_id`` is the initiator's IDi.
+    SA lifetimes (``IkeConfiguration``) are off unless asked for, so an idle
+    pair has no timer; ``responder_lifetimes=False`` keeps them off on the
+    responder.
     """
+
+    def lifetimes(config: IkeConfiguration, enabled: bool = True) -> IkeConfiguration:
+        if not enabled:
+            return replace(config, ike_rekey_time=0.0, child_rekey_time=0.0)
+        return replace(
+            config,
+            ike_rekey_time=ike_rekey_time,
+            ike_over_time=ike_over_time,
+            ike_rand_time=ike_rand_time,
+            child_rekey_time=child_rekey_time,
+            child_over_time=child_over_time,
+            child_rand_time=child_rand_time,
+        )
+
     clock = FakeClock()
     policy = policy or MemoryPolicy()
     mine = initiator_credentials or Credentials()
     theirs = responder_credentials or Credentials()
     initiator = IkeSession(
-        IkeConfiguration(
-            local_id=client_id,
-            remote_id=GATEWAY_ID,
-            psk=psk,
-            ike_proposals=tuple(ike),
-            esp_proposals=tuple(esp),
-            force_encapsulation=force_encapsulation,
-            pfs_group=pfs_group,
-            private_key=mine.key,
-            certificate=mine.certificate,
-            certificate_chain=mine.chain,
-            ca_certificates=mine.cas,
-            validation_time=validation_time,
+        lifetimes(
+            IkeConfiguration(
+                local_id=client_id,
+                remote_id=GATEWAY_ID,
+                psk=psk,
+                ike_proposals=tuple(ike),
+                esp_proposals=tuple(esp),
+                force_encapsulation=force_encapsulation,
+                pfs_group=pfs_group,
+                private_key=mine.key,
+                certificate=mine.certificate,
+                certificate_chain=mine.chain,
+                ca_certificates=mine.cas,
+                validation_time=validation_time,
+            )
         ),
         is_initiator=True,
         local_addr=(PRIVATE_IP if behind_nat else INITIATOR_IP, 500),
@@ -234,15 +260,18 @@ def ike_pair(
         rng=seeded_rng(seed),
     )
     responder = IkeSession(
-        IkeConfiguration(
-            local_id=GATEWAY_ID,
-            ike_proposals=tuple(responder_ike or ike),
-            esp_proposals=tuple(responder_esp or esp),
-            pfs_group=pfs_group if responder_pfs_group == "same" else responder_pfs_group,
-            private_key=theirs.key,
-            certificate=theirs.certificate,
-            certificate_chain=theirs.chain,
-            validation_time=validation_time,
+        lifetimes(
+            IkeConfiguration(
+                local_id=GATEWAY_ID,
+                ike_proposals=tuple(responder_ike or ike),
+                esp_proposals=tuple(responder_esp or esp),
+                pfs_group=pfs_group if responder_pfs_group == "same" else responder_pfs_group,
+                private_key=theirs.key,
+                certificate=theirs.certificate,
+                certificate_chain=theirs.chain,
+                validation_time=validation_time,
+            ),
+            responder_lifetimes,
         ),
         is_initiator=False,
         local_addr=(RESPONDER_IP, 500),

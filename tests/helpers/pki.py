@@ -15,6 +15,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 from typing import Final, Literal
 
 from cryptography import x509
@@ -85,6 +86,23 @@ class Issued:
     def pem(self) -> bytes:
         """The PEM encoding, as a configuration file would hold it."""
         return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def key_pem(self) -> bytes:
+        """The private key as unencrypted PKCS#8 PEM (strongSwan ``private/``, our driver)."""
+        return self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    def write_pem(self, certificate: Path, key: Path | None = None) -> None:
+        """Write the certificate (and, given ``key``, the private key) as PEM files."""
+        certificate.parent.mkdir(parents=True, exist_ok=True)
+        certificate.write_bytes(self.pem)
+        if key is not None:
+            key.parent.mkdir(parents=True, exist_ok=True)
+            key.write_bytes(self.key_pem)
 
 
 def make_ca(

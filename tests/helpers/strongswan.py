@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -102,6 +102,10 @@ class SwanConnection:
 
     ``pool`` makes it the gateway (responder with a virtual IP pool);
     ``vips`` makes it the road warrior (initiator asking for an address).
+    ``cert`` (a file name under ``swanctl/x509``) switches both rounds to
+    ``auth = pubkey``: charon signs with the key found in ``swanctl/private``
+    and checks the peer's certificate against ``swanctl/x509ca`` (see the
+    ``files`` of :meth:`StrongSwan.start`); ``psk`` is then unused.
     """
 
     local_addr: str
@@ -118,6 +122,8 @@ class SwanConnection:
     encap: bool = True
     name: str = "conn"
     child: str = "office"
+    cert: str | None = None
+    send_cert: str | None = None  # ifasked (charon's default), always, never
 
 
 def swanctl_conf(conn: SwanConnection) -> str:
@@ -134,15 +140,18 @@ def swanctl_conf(conn: SwanConnection) -> str:
         lines.append("        pools = test_pool")
     if conn.vips:
         lines.append(f"        vips = {conn.vips}")
+    auth = "pubkey" if conn.cert else "psk"
     lines += [
         f"        proposals = {conn.ike_proposal}",
         f"        encap = {'yes' if conn.encap else 'no'}",
+        *([f"        send_cert = {conn.send_cert}"] if conn.send_cert else []),
         "        local {",
-        "            auth = psk",
+        f"            auth = {auth}",
         f"            id = {conn.local_id}",
+        *([f"            certs = {conn.cert}"] if conn.cert else []),
         "        }",
         "        remote {",
-        "            auth = psk",
+        f"            auth = {auth}",
         f"            id = {conn.remote_id}",
         "        }",
         "        children {",
@@ -163,15 +172,16 @@ def swanctl_conf(conn: SwanConnection) -> str:
     ]
     if conn.pool:
         lines += ["pools {", "    test_pool {", f"        addrs = {conn.pool}", "    }", "}"]
-    lines += [
-        "secrets {",
-        "    ike-test {",
-        f"        id-a = {conn.local_id}",
-        f"        id-b = {conn.remote_id}",
-        f'        secret = "{conn.psk}"',
-        "    }",
-        "}",
-    ]
+    if not conn.cert:
+        lines += [
+            "secrets {",
+            "    ike-test {",
+            f"        id-a = {conn.local_id}",
+            f"        id-b = {conn.remote_id}",
+            f'        secret = "{conn.psk}"',
+            "    }",
+            "}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -239,11 +249,26 @@ class StrongSwan:
         self.log = workdir / "charon.log"
         self.process: subprocess.Popen[Any] | None = None
 
-    def start(self, connection: SwanConnection, *, timeout: float = 10.0) -> None:
-        """Write the configuration, start charon, wait for vici, load everything."""
+    def start(
+        self,
+        connection: SwanConnection,
+        *,
+        timeout: float = 10.0,
+        files: Mapping[str, bytes] | None = None,
+    ) -> None:
+        """Write the configuration, start charon, wait for vici, load everything.
+
+        ``files`` maps paths under the swanctl directory to their contents, e.g.
+        ``{"x509ca/ca.pem": ..., "x509/gw.pem": ..., "private/gw.pem": ...}``;
+        ``--load-all`` then loads them.
+        """
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for sub in _SWANCTL_SUBDIRS:
             (self.swanctl_dir / sub).mkdir(parents=True, exist_ok=True)
+        for relative, content in (files or {}).items():
+            path = self.swanctl_dir / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
         self.conf.write_text(strongswan_conf(self.workdir))
         (self.swanctl_dir / "swanctl.conf").write_text(swanctl_conf(connection))
         stdout = (self.workdir / "charon.stdout").open("w")

@@ -28,7 +28,6 @@ reason is kept in the exception message for our logs only.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from dataclasses import replace
 from typing import Final
@@ -49,6 +48,7 @@ from common.ike.certs import (
     CertificateRejected,
     CertificateVerifier,
     auth_public_key,
+    certificate_request,
     identity_matches,
 )
 from common.ike.config import (
@@ -73,7 +73,6 @@ from common.ike.message import Payload
 from common.ike.payloads import (
     Authentication,
     Certificate,
-    CertificateRequest,
     ConfigurationPayload,
     IdInitiator,
     IdPayload,
@@ -109,21 +108,6 @@ def _authentication_failed(reason: str) -> LocalProtocolError:
 
 def _der(certificate: x509.Certificate) -> bytes:
     return certificate.public_bytes(serialization.Encoding.DER)
-
-
-def certificate_request(ca_certificates: tuple[x509.Certificate, ...]) -> CertificateRequest:
-    """CERTREQ for X.509: SHA-1 hashes of the CAs' SubjectPublicKeyInfo, concatenated
-    (RFC 7296 3.7)."""
-    data = b"".join(
-        hashlib.sha1(
-            ca.public_key().public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            ),
-            usedforsecurity=False,
-        ).digest()
-        for ca in ca_certificates
-    )
-    return CertificateRequest(CertificateEncoding.X509_CERTIFICATE_SIGNATURE, data)
 
 
 class IkeAuth:

@@ -34,12 +34,14 @@ from common.ike.auth import (
     decode_signature_hash_algorithms,
     encode_signature_hash_algorithms,
 )
+from common.ike.certs import certificate_request
 from common.ike.constants import ExchangeType, KeyExchangeMethod, NotifyType
 from common.ike.errors import LocalProtocolError, RemoteProtocolError
 from common.ike.exchanges import Address
 from common.ike.message import IkeHeader, IkeMessage, Payload, encode_message
 from common.ike.payloads import KeyExchange, Nonce, Notify, SecurityAssociation
 from common.ike.payloads.sa import Proposal
+from common.ike.policy import CertificatePolicy
 from common.ike.proposals import ike_algorithms, proposal_groups, select_proposal, validate_chosen
 from common.ike.tasks.base import ZERO_SPI, IkeSa, as_notify, notify_name
 
@@ -241,9 +243,13 @@ class IkeInit:
             Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED),  # RFC 7383 2.3
             _signature_hash_algorithms(),  # RFC 7427 section 4
         ]
+        if isinstance(sa.policy, CertificatePolicy) and (cas := sa.policy.ca_certificates()):
+            # RFC 7296 1.2 / 3.7: ask for the client's certificate here; peers
+            # such as strongSwan (send_cert = ifasked) send one only when asked.
+            payloads.append(certificate_request(tuple(cas)))
         sa.real_message_1 = data
         sa.real_message_2 = encode_message(IkeMessage(response_header, tuple(payloads)))
 
     def build_r(self) -> bytes:
-        """``<-- HDR, SAr1, KEr, Nr, N(NAT_D)*2, N(FRAG_SUP), N(SIG_HASH)``."""
+        """``<-- HDR, SAr1, KEr, Nr, N(NAT_D)*2, N(FRAG_SUP), N(SIG_HASH), [CERTREQ]``."""
         return self._sa.real_message_2
