@@ -18,7 +18,7 @@ import json
 import signal
 import socket
 import sys
-import threading
+import time
 from dataclasses import asdict
 from types import FrameType
 
@@ -144,23 +144,25 @@ def _serve(
             replay_window=args.replay_window,
         )
     )
-    stop = threading.Event()
-    report = threading.Event()
+    # Plain flags, not threading.Event: Event.set() in a signal handler can
+    # deadlock on the lock the interrupted Event.wait() holds (seen in CI).
+    pending: set[str] = set()
 
     def on_stop(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
+        pending.add("stop")
 
     def on_report(_signum: int, _frame: FrameType | None) -> None:
-        report.set()
+        pending.add("report")
 
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGUSR1, on_report)
     _emit("ready", tun=args.tun, suite=suite, path_mtu=path_mtu, tun_mtu=mtu, offload=tun_offload)
     try:
-        while not stop.wait(0.2):
-            if report.is_set():
-                report.clear()
+        while "stop" not in pending:
+            time.sleep(0.2)
+            if "report" in pending:
+                pending.discard("report")
                 _emit("counters", **_counters_dict(plane.counters()))
             if not plane.alive():
                 _emit("failed", reason="a data-plane worker exited")
