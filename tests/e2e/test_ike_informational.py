@@ -334,3 +334,24 @@ def test_commands_need_an_established_ike_sa() -> None:
     pair.initiator.delete(pair.clock.now)  # a second delete does nothing
     assert pair.transfer(pair.initiator) == 1
     _only([e for e in events(pair.responder) if isinstance(e, IkeSaDeleted)], IkeSaDeleted)
+
+
+def test_exchanging_says_whether_a_request_of_ours_is_outstanding() -> None:
+    """Glue waits on ``exchanging``, since lifetimes keep a timer armed for good."""
+    pair = ike_pair()
+    establish(pair)
+    sender = pair.initiator
+    assert not sender.exchanging
+    assert not pair.responder.exchanging
+    sender.check_liveness(pair.clock.now)
+    sender.check_liveness(pair.clock.now)  # queued behind the first (window 1)
+    assert sender.exchanging
+    # INFORMATIONAL: HDR, SK {} -->  <-- HDR, SK {}
+    pair.transfer(sender)
+    assert sender.exchanging
+    assert not pair.responder.exchanging
+    pair.transfer(pair.responder)
+    assert sender.exchanging  # the queued second check went out
+    pair.transfer(sender)
+    pair.transfer(pair.responder)
+    assert not sender.exchanging
