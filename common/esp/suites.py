@@ -101,21 +101,25 @@ CHACHA20_POLY1305: Final = _aead(
     "chacha20poly1305", EncryptionAlgorithm.ENCR_CHACHA20_POLY1305, 256
 )
 
+# The AES-CBC + HMAC-SHA2 combinations native OS clients offer, shared with the
+# IKE suite table (common.ike.ike_suites): (AES key bits, integrity, hash bits).
+CBC_HMAC_COMBINATIONS: Final = tuple(
+    (key_bits, integrity, hash_bits)
+    for key_bits in (128, 256)
+    for integrity, hash_bits in (
+        (IntegrityAlgorithm.AUTH_HMAC_SHA2_256_128, 256),
+        (IntegrityAlgorithm.AUTH_HMAC_SHA2_384_192, 384),
+        (IntegrityAlgorithm.AUTH_HMAC_SHA2_512_256, 512),
+    )
+)
+
 SUITES: Final[dict[str, EspSuite]] = {
     suite.name: suite
     for suite in (
         AES128_GCM16,
         AES256_GCM16,
         CHACHA20_POLY1305,
-        *(
-            _cbc(key_bits, integrity, hash_bits)
-            for key_bits in (128, 256)
-            for integrity, hash_bits in (
-                (IntegrityAlgorithm.AUTH_HMAC_SHA2_256_128, 256),
-                (IntegrityAlgorithm.AUTH_HMAC_SHA2_384_192, 384),
-                (IntegrityAlgorithm.AUTH_HMAC_SHA2_512_256, 512),
-            )
-        ),
+        *(_cbc(*combination) for combination in CBC_HMAC_COMBINATIONS),
     )
 }
 

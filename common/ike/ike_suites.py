@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from common.esp.suites import CBC_HMAC_COMBINATIONS
 from common.ike.constants import EncryptionAlgorithm, IntegrityAlgorithm
 
 
@@ -119,15 +120,7 @@ IKE_SUITES: Final[dict[str, IkeSuite]] = {
         AES128_GCM16,
         AES256_GCM16,
         CHACHA20_POLY1305,
-        *(
-            _cbc(key_bits, integrity, hash_bits)
-            for key_bits in (128, 256)
-            for integrity, hash_bits in (
-                (IntegrityAlgorithm.AUTH_HMAC_SHA2_256_128, 256),
-                (IntegrityAlgorithm.AUTH_HMAC_SHA2_384_192, 384),
-                (IntegrityAlgorithm.AUTH_HMAC_SHA2_512_256, 512),
-            )
-        ),
+        *(_cbc(*combination) for combination in CBC_HMAC_COMBINATIONS),
     )
 }
 
