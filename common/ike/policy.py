@@ -20,16 +20,32 @@ import datetime
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from cryptography import x509
 
 from common.ike import defaults
 from common.ike.auth import SigningKey
+from common.ike.config import IpAddress, IpNetwork
 from common.ike.constants import IdType, KeyExchangeMethod
+
+__all__ = [
+    "CertificatePolicy",
+    "Identity",
+    "IkeConfiguration",
+    "Ip4Address",
+    "Ip4Network",
+    "IpAddress",
+    "IpNetwork",
+    "IpVersion",
+    "ResponderPolicy",
+    "accept_any_vouched_identity",
+]
 
 Ip4Address = ipaddress.IPv4Address
 Ip4Network = ipaddress.IPv4Network
+# The inner address families a road warrior can ask for (RFC 7296 3.15.1).
+IpVersion = Literal[4, 6]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +84,10 @@ class IkeConfiguration:
         force_encapsulation: fake the NAT_DETECTION_SOURCE_IP hash so both
             sides move to UDP 4500 even without a NAT (strongSwan ``encap=yes``).
         request_address: the initiator asks for an inner address and DNS (CP).
+        request_ipv6: the initiator also asks for an inner IPv6 address and IPv6
+            DNS (INTERNAL_IP6_ADDRESS, INTERNAL_IP6_DNS) and proposes ``::/0`` in
+            TSi and TSr beside ``0.0.0.0/0``; it is satisfied by whichever
+            family the responder leases (RFC 7296 3.15.4).
         pfs_group: the KE group of a Child SA rekey (RFC 7296 1.3.3, 2.17: PFS),
             added to every ESP proposal of CREATE_CHILD_SA; None for no PFS.
             Both peers must agree, or the rekey ends in NO_PROPOSAL_CHOSEN.
@@ -102,6 +122,7 @@ class IkeConfiguration:
     esp_proposals: tuple[str, ...] = defaults.ESP_PROPOSALS
     force_encapsulation: bool = False
     request_address: bool = True
+    request_ipv6: bool = False
     pfs_group: KeyExchangeMethod | None = None
     private_key: SigningKey | None = field(default=None, repr=False)
     certificate: x509.Certificate | None = None
@@ -133,16 +154,33 @@ class ResponderPolicy(Protocol):
         """The pre-shared key of ``identity``, or None for an unknown peer."""
         ...
 
-    def lease_address(self, identity: Identity) -> Ip4Address | None:
-        """An inner address for ``identity``, or None when the pool is exhausted."""
+    def lease_address(self, identity: Identity, version: Literal[4, 6]) -> IpAddress | None:
+        """An inner address of that IP version for ``identity``.
+
+        Asked once per family the CFG_REQUEST names (INTERNAL_IP4_ADDRESS,
+        INTERNAL_IP6_ADDRESS), so a dual-stack client gets one of each.
+
+        Returns:
+            The address, or None when that family's pool is absent or
+            exhausted; the family is then left out of the CFG_REPLY, and only
+            when no family at all was leased does the peer get
+            INTERNAL_ADDRESS_FAILURE (RFC 7296 3.15.4).
+        """
         ...
 
-    def dns_servers(self) -> Sequence[Ip4Address]:
-        """DNS servers to hand out (INTERNAL_IP4_DNS)."""
+    def dns_servers(self) -> Sequence[IpAddress]:
+        """DNS servers to hand out, both families.
+
+        IPv4 ones go out as INTERNAL_IP4_DNS, IPv6 ones as INTERNAL_IP6_DNS.
+        """
         ...
 
-    def subnets_for(self, identity: Identity) -> Sequence[Ip4Network]:
-        """Networks ``identity`` may reach: TSr and INTERNAL_IP4_SUBNET."""
+    def subnets_for(self, identity: Identity) -> Sequence[IpNetwork]:
+        """Networks ``identity`` may reach, both families.
+
+        They bound TSr (RFC 7296 2.9) and are announced as INTERNAL_IP4_SUBNET /
+        INTERNAL_IP6_SUBNET (split include, RFC 7296 3.15.2).
+        """
         ...
 
 
