@@ -51,7 +51,13 @@ from common.ike.constants import KeyExchangeMethod  # noqa: E402
 from common.ike.events import AddressAssigned, IkeSaEstablished  # noqa: E402
 from common.ike.exchanges import Address  # noqa: E402
 from common.ike.key_exchange import KeyExchange  # noqa: E402
-from common.ike.policy import Identity, IkeConfiguration  # noqa: E402
+from common.ike.policy import (  # noqa: E402
+    Identity,
+    IkeConfiguration,
+    IpAddress,
+    IpNetwork,
+    IpVersion,
+)
 from common.ike.session import IkeSaState, IkeSession  # noqa: E402
 
 GROUPS: dict[str, KeyExchangeMethod] = {
@@ -81,15 +87,17 @@ class BenchPolicy:
     def psk_for(self, identity: Identity) -> bytes | None:
         return PSK if identity == CLIENT_ID else None
 
-    def lease_address(self, identity: Identity) -> ipaddress.IPv4Address | None:
+    def lease_address(self, identity: Identity, version: IpVersion) -> IpAddress | None:
+        if version != 4:
+            return None  # IPv4-only pool: a dual-stack peer gets its IPv4 address alone
         self.leases += 1
         self.next_host = self.next_host % 60000 + 1
         return ipaddress.IPv4Address("10.99.0.0") + self.next_host
 
-    def dns_servers(self) -> Sequence[ipaddress.IPv4Address]:
+    def dns_servers(self) -> Sequence[IpAddress]:
         return DNS
 
-    def subnets_for(self, identity: Identity) -> Sequence[ipaddress.IPv4Network]:
+    def subnets_for(self, identity: Identity) -> Sequence[IpNetwork]:
         return OFFICE
 
 

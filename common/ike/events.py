@@ -12,11 +12,12 @@ through this queue).
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from common.ike.constants import NotifyType
 from common.ike.payloads import TrafficSelector
-from common.ike.policy import Identity, Ip4Address, Ip4Network
+from common.ike.policy import Identity, Ip4Address, Ip4Network, IpAddress, IpNetwork
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,11 +124,50 @@ class ChildSaFailed:
 
 @dataclass(frozen=True, slots=True)
 class AddressAssigned:
-    """The responder's CFG_REPLY, on the initiator (RFC 7296 3.15)."""
+    """The responder's CFG_REPLY, on the initiator (RFC 7296 3.15).
 
-    address: Ip4Address
+    The IPv4 fields keep their original names and meaning, so an IPv4-only
+    driver reads ``address``/``dns``/``subnets`` as before; the IPv6 ones sit
+    beside them rather than in mixed tuples for the same reason. At least one
+    of ``address`` and ``address_v6`` is set: a reply with neither fails the
+    Child SA (INTERNAL_ADDRESS_FAILURE) instead.
+
+    Attributes:
+        address: the inner IPv4 address (INTERNAL_IP4_ADDRESS), None when the
+            responder leased none (no IPv4 pool, or not asked for).
+        dns: INTERNAL_IP4_DNS servers.
+        subnets: INTERNAL_IP4_SUBNET networks (split include, advisory,
+            RFC 7296 3.15.2).
+        address_v6: the inner IPv6 address (INTERNAL_IP6_ADDRESS), None when
+            not leased. The prefix length carried beside it (RFC 7296 3.15.1)
+            is in ``prefix_length_v6``; ours and strongSwan's is 128.
+        prefix_length_v6: the prefix length of ``address_v6``.
+        dns_v6: INTERNAL_IP6_DNS servers.
+        subnets_v6: INTERNAL_IP6_SUBNET networks.
+    """
+
+    address: Ip4Address | None
     dns: tuple[Ip4Address, ...]
     subnets: tuple[Ip4Network, ...]
+    address_v6: ipaddress.IPv6Address | None = None
+    prefix_length_v6: int = 128
+    dns_v6: tuple[ipaddress.IPv6Address, ...] = ()
+    subnets_v6: tuple[ipaddress.IPv6Network, ...] = ()
+
+    @property
+    def addresses(self) -> tuple[IpAddress, ...]:
+        """Every leased inner address, IPv4 first (for anti-spoof and TSi checks)."""
+        return tuple(a for a in (self.address, self.address_v6) if a is not None)
+
+    @property
+    def all_dns(self) -> tuple[IpAddress, ...]:
+        """DNS servers of both families, IPv4 first."""
+        return (*self.dns, *self.dns_v6)
+
+    @property
+    def all_subnets(self) -> tuple[IpNetwork, ...]:
+        """Split-include networks of both families, IPv4 first."""
+        return (*self.subnets, *self.subnets_v6)
 
 
 @dataclass(frozen=True, slots=True)

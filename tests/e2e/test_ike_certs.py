@@ -15,7 +15,6 @@ from ``EPOCH - 1 day`` to ``EPOCH + 365 days``, and the tests check them at
 from __future__ import annotations
 
 import datetime
-import ipaddress
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -48,7 +47,7 @@ from common.ike.payloads import (
     IdResponder,
     Notify,
 )
-from common.ike.policy import CertificatePolicy, Identity
+from common.ike.policy import CertificatePolicy, Identity, IpAddress, IpNetwork, IpVersion
 from common.ike.session import IkeSaState
 from tests.helpers.ike_pair import (
     CLIENT_ID,
@@ -410,13 +409,13 @@ class _PskOnlyPolicy:
     def psk_for(self, identity: Identity) -> bytes | None:
         return self._inner.psk_for(identity)
 
-    def lease_address(self, identity: Identity) -> ipaddress.IPv4Address | None:
-        return self._inner.lease_address(identity)
+    def lease_address(self, identity: Identity, version: IpVersion) -> IpAddress | None:
+        return self._inner.lease_address(identity, version)
 
-    def dns_servers(self) -> Sequence[ipaddress.IPv4Address]:
+    def dns_servers(self) -> Sequence[IpAddress]:
         return self._inner.dns_servers()
 
-    def subnets_for(self, identity: Identity) -> Sequence[ipaddress.IPv4Network]:
+    def subnets_for(self, identity: Identity) -> Sequence[IpNetwork]:
         return self._inner.subnets_for(identity)
 
 

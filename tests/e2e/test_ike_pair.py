@@ -24,12 +24,15 @@ from common.ike.events import (
     IkeSaFailed,
 )
 from common.ike.message import IkeHeader, IkeMessage, decode_message, encode_message
-from common.ike.payloads import KeyExchange, Notify
+from common.ike.payloads import KeyExchange, Notify, TrafficSelector
 from common.ike.session import IkeSaState
 from tests.helpers.ike_pair import (
     DNS,
+    DNS_V6,
     OFFICE,
+    OFFICE_V6,
     POOL,
+    POOL_V6,
     IkePair,
     MemoryPolicy,
     events,
@@ -123,6 +126,83 @@ def test_address_dns_and_subnets_assigned() -> None:
         ipaddress.summarize_address_range(ts.start_address, ts.end_address).__next__()
         for ts in child.remote_ts
     ] == list(OFFICE)
+
+
+def _ranges(selectors: tuple[TrafficSelector, ...]) -> list[tuple[object, object]]:
+    return [(ts.start_address, ts.end_address) for ts in selectors]
+
+
+def _dual_stack_policy(**changes: object) -> MemoryPolicy:
+    policy = MemoryPolicy(pool_v6=list(POOL_V6), dns=(*DNS, *DNS_V6), subnets=(*OFFICE, *OFFICE_V6))
+    for name, value in changes.items():
+        setattr(policy, name, value)
+    return policy
+
+
+def test_dual_stack_initiator_gets_both_families() -> None:
+    pair = ike_pair(policy=_dual_stack_policy(), request_ipv6=True)
+    # IKE_AUTH: HDR, SK {IDi, IDr, AUTH, CP(CFG_REQUEST: IP4_ADDRESS, IP6_ADDRESS, IP4_DNS,
+    #                    IP6_DNS), SAi2, TSi(0.0.0.0/0, ::/0), TSr(0.0.0.0/0, ::/0)} -->
+    #       <-- HDR, SK {IDr, AUTH, CP(CFG_REPLY), SAr2, TSi(v4/32, v6/128), TSr(subnets)}
+    initiator_events, responder_events = _establish(pair)
+    assigned = _one(initiator_events, AddressAssigned)
+    assert assigned.address == POOL[0]
+    assert assigned.address_v6 == POOL_V6[0]
+    assert assigned.prefix_length_v6 == 128  # RFC 7296 3.15.1, as strongSwan sends it
+    assert (assigned.dns, assigned.dns_v6) == (DNS, DNS_V6)
+    assert (assigned.subnets, assigned.subnets_v6) == (OFFICE, OFFICE_V6)
+    assert assigned.addresses == (POOL[0], POOL_V6[0])
+    child_i = _one(initiator_events, ChildSaEstablished)
+    child_r = _one(responder_events, ChildSaEstablished)
+    # RFC 7296 2.9: TSi narrowed to the leased addresses, one per family.
+    assert _ranges(child_i.local_ts) == [(POOL[0], POOL[0]), (POOL_V6[0], POOL_V6[0])]
+    expected_tsr = [(net.network_address, net.broadcast_address) for net in (*OFFICE, *OFFICE_V6)]
+    assert _ranges(child_i.remote_ts) == expected_tsr
+    assert (child_i.local_ts, child_i.remote_ts) == (child_r.remote_ts, child_r.local_ts)
+    assert child_i.outbound_keymat == child_r.inbound_keymat
+
+
+def test_dual_stack_initiator_of_an_ipv4_only_pool_gets_ipv4_alone() -> None:
+    # A family the pool lacks is left out, not a failure (RFC 7296 3.15.4).
+    pair = ike_pair(policy=_dual_stack_policy(pool_v6=[]), request_ipv6=True)
+    initiator_events, _ = _establish(pair)
+    assigned = _one(initiator_events, AddressAssigned)
+    assert (assigned.address, assigned.address_v6) == (POOL[0], None)
+    # Nothing of the family without an inner source: no v6 DNS, subnets or TSr.
+    assert (assigned.dns_v6, assigned.subnets_v6) == ((), ())
+    child = _one(initiator_events, ChildSaEstablished)
+    assert _ranges(child.local_ts) == [(POOL[0], POOL[0])]
+    assert all(ts.start_address.version == 4 for ts in child.remote_ts)
+
+
+def test_ipv6_only_pool_assigns_ipv6_alone() -> None:
+    pair = ike_pair(policy=_dual_stack_policy(pool=[]), request_ipv6=True)
+    initiator_events, _ = _establish(pair)
+    assigned = _one(initiator_events, AddressAssigned)
+    assert (assigned.address, assigned.address_v6) == (None, POOL_V6[0])
+    assert (assigned.dns, assigned.subnets) == ((), ())
+    child = _one(initiator_events, ChildSaEstablished)
+    assert _ranges(child.local_ts) == [(POOL_V6[0], POOL_V6[0])]
+    assert _ranges(child.remote_ts) == [
+        (net.network_address, net.broadcast_address) for net in OFFICE_V6
+    ]
+
+
+def test_ipv4_only_initiator_of_a_dual_stack_pool_gets_ipv4_alone() -> None:
+    policy = _dual_stack_policy()
+    pair = ike_pair(policy=policy)
+    initiator_events, _ = _establish(pair)
+    assigned = _one(initiator_events, AddressAssigned)
+    assert (assigned.address, assigned.address_v6) == (POOL[0], None)
+    assert (assigned.dns_v6, assigned.subnets_v6) == ((), ())
+    assert policy.pool_v6 == list(POOL_V6)  # not asked for, not leased
+
+
+def test_no_family_leased_is_internal_address_failure() -> None:
+    pair = ike_pair(policy=_dual_stack_policy(pool=[], pool_v6=[]), request_ipv6=True)
+    initiator_events, _ = _establish(pair)
+    assert _one(initiator_events, ChildSaFailed).notify is NotifyType.INTERNAL_ADDRESS_FAILURE
+    assert not [e for e in initiator_events if isinstance(e, AddressAssigned)]
 
 
 def test_keys_stay_out_of_reprs() -> None:

@@ -89,7 +89,14 @@ from common.ike.events import (
     RekeyFailed,
 )
 from common.ike.payloads import TrafficSelector
-from common.ike.policy import Identity, IkeConfiguration, accept_any_vouched_identity
+from common.ike.policy import (
+    Identity,
+    IkeConfiguration,
+    IpAddress,
+    IpNetwork,
+    IpVersion,
+    accept_any_vouched_identity,
+)
 from common.ike.session import IkeSession
 
 NON_ESP_MARKER: Final = bytes(4)  # RFC 3948 2.2
@@ -108,28 +115,35 @@ PFS_GROUPS: Final = {
 
 @dataclass
 class PoolPolicy:
-    """A ``ResponderPolicy``: one PSK for every identity, addresses leased in order."""
+    """A ``ResponderPolicy``: one PSK for every identity, addresses leased in order.
+
+    ``pool_v6`` empty means no IPv6 pool: a dual-stack peer then gets IPv4 only.
+    """
 
     psk: bytes
     pool: list[ipaddress.IPv4Address]
-    subnets: tuple[ipaddress.IPv4Network, ...]
-    dns: tuple[ipaddress.IPv4Address, ...] = ()
-    leases: dict[Identity, ipaddress.IPv4Address] = field(default_factory=dict)
+    subnets: tuple[IpNetwork, ...]
+    dns: tuple[IpAddress, ...] = ()
+    pool_v6: list[ipaddress.IPv6Address] = field(default_factory=list)
+    leases: dict[tuple[Identity, int], IpAddress] = field(default_factory=dict)
 
     def psk_for(self, identity: Identity) -> bytes | None:
         return self.psk
 
-    def lease_address(self, identity: Identity) -> ipaddress.IPv4Address | None:
-        if identity not in self.leases:
-            if not self.pool:
+    def lease_address(self, identity: Identity, version: IpVersion) -> IpAddress | None:
+        key = (identity, version)
+        if key not in self.leases:
+            pool: list[ipaddress.IPv4Address] | list[ipaddress.IPv6Address]
+            pool = self.pool if version == 4 else self.pool_v6
+            if not pool:
                 return None
-            self.leases[identity] = self.pool.pop(0)
-        return self.leases[identity]
+            self.leases[key] = pool.pop(0)
+        return self.leases[key]
 
-    def dns_servers(self) -> Sequence[ipaddress.IPv4Address]:
+    def dns_servers(self) -> Sequence[IpAddress]:
         return self.dns
 
-    def subnets_for(self, identity: Identity) -> Sequence[ipaddress.IPv4Network]:
+    def subnets_for(self, identity: Identity) -> Sequence[IpNetwork]:
         return self.subnets
 
 
@@ -200,9 +214,13 @@ def event_record(event: IkeEvent) -> dict[str, Any]:
         case AddressAssigned():
             return {
                 "event": "address_assigned",
-                "address": str(event.address),
+                "address": None if event.address is None else str(event.address),
                 "dns": [str(dns) for dns in event.dns],
                 "subnets": [str(net) for net in event.subnets],
+                "address_v6": None if event.address_v6 is None else str(event.address_v6),
+                "prefix_length_v6": event.prefix_length_v6,
+                "dns_v6": [str(dns) for dns in event.dns_v6],
+                "subnets_v6": [str(net) for net in event.subnets_v6],
             }
         case IkeSaFailed():
             return {
@@ -304,6 +322,7 @@ def run_driver(args: argparse.Namespace) -> int:
         ike_proposals=tuple(args.ike),
         esp_proposals=tuple(args.esp),
         force_encapsulation=args.force_encap,
+        request_ipv6=args.request_ipv6,
         pfs_group=PFS_GROUPS[args.pfs] if args.pfs else None,
         private_key=_load_key(args.key) if args.key else None,
         certificate=certificates[0] if certificates else None,
@@ -323,8 +342,13 @@ def run_driver(args: argparse.Namespace) -> int:
         policy = CertPoolPolicy(
             psk=args.psk.encode(),
             pool=[first + i for i in range(16)],
-            subnets=tuple(ipaddress.IPv4Network(net) for net in args.subnet),
-            dns=tuple(ipaddress.IPv4Address(dns) for dns in args.dns),
+            pool_v6=(
+                [ipaddress.IPv6Address(args.pool6_start) + i for i in range(16)]
+                if args.pool6_start
+                else []
+            ),
+            subnets=tuple(ipaddress.ip_network(net) for net in args.subnet),
+            dns=tuple(ipaddress.ip_address(dns) for dns in args.dns),
             cas=cas,
         )
         session = IkeSession(
@@ -433,8 +457,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--force-encap", action="store_true", help="fake a NAT (encap=yes)")
     parser.add_argument("--pfs", choices=sorted(PFS_GROUPS), help="KE group of a Child rekey")
     parser.add_argument("--pool-start", default="10.99.100.1", help="responder: first lease")
-    parser.add_argument("--subnet", action="append", default=None, help="responder: TSr network")
-    parser.add_argument("--dns", action="append", default=[], help="responder: DNS server")
+    parser.add_argument("--pool6-start", default="", help="responder: first IPv6 lease")
+    parser.add_argument(
+        "--subnet", action="append", default=None, help="responder: TSr network (v4 or v6)"
+    )
+    parser.add_argument("--dns", action="append", default=[], help="responder: DNS server (v4/v6)")
+    parser.add_argument(
+        "--request-ipv6", action="store_true", help="initiator: ask for an IPv6 address too"
+    )
     parser.add_argument("--lifetime", type=float, default=30.0, help="seconds before leaving")
     args = parser.parse_args(argv)
     args.ike = args.ike or list(defaults.IKE_PROPOSALS)

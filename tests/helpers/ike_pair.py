@@ -22,7 +22,14 @@ from common.ike.auth import SigningKey
 from common.ike.constants import KeyExchangeMethod
 from common.ike.events import IkeEvent
 from common.ike.message import Payload
-from common.ike.policy import Identity, IkeConfiguration, accept_any_vouched_identity
+from common.ike.policy import (
+    Identity,
+    IkeConfiguration,
+    IpAddress,
+    IpNetwork,
+    IpVersion,
+    accept_any_vouched_identity,
+)
 from common.ike.session import Address, IkeSession
 
 INITIATOR_IP = "192.0.2.10"
@@ -34,6 +41,9 @@ PSK = b"correct horse battery staple"
 OFFICE = (ipaddress.IPv4Network("10.1.0.0/16"), ipaddress.IPv4Network("10.2.0.0/24"))
 POOL = (ipaddress.IPv4Address("10.99.0.2"), ipaddress.IPv4Address("10.99.0.3"))
 DNS = (ipaddress.IPv4Address("10.1.0.53"),)
+OFFICE_V6 = (ipaddress.IPv6Network("2001:db8:1::/48"),)
+POOL_V6 = (ipaddress.IPv6Address("2001:db8:99::2"), ipaddress.IPv6Address("2001:db8:99::3"))
+DNS_V6 = (ipaddress.IPv6Address("2001:db8:1::53"),)
 
 
 @dataclass
@@ -71,9 +81,12 @@ class MemoryPolicy:
 
     psks: dict[Identity, bytes] = field(default_factory=lambda: {CLIENT_ID: PSK})
     pool: list[ipaddress.IPv4Address] = field(default_factory=lambda: list(POOL))
-    dns: tuple[ipaddress.IPv4Address, ...] = DNS
-    subnets: tuple[ipaddress.IPv4Network, ...] = OFFICE
+    dns: tuple[IpAddress, ...] = DNS
+    subnets: tuple[IpNetwork, ...] = OFFICE
     leases: dict[Identity, ipaddress.IPv4Address] = field(default_factory=dict)
+    # IPv6 is opt-in (empty pool: no IPv6 leases), so IPv4 tests see what they always did.
+    pool_v6: list[ipaddress.IPv6Address] = field(default_factory=list)
+    leases_v6: dict[Identity, ipaddress.IPv6Address] = field(default_factory=dict)
     cas: tuple[x509.Certificate, ...] = ()
     authorize_rule: Callable[[Identity, x509.Certificate], bool] = accept_any_vouched_identity
 
@@ -86,17 +99,23 @@ class MemoryPolicy:
     def psk_for(self, identity: Identity) -> bytes | None:
         return self.psks.get(identity)
 
-    def lease_address(self, identity: Identity) -> ipaddress.IPv4Address | None:
+    def lease_address(self, identity: Identity, version: IpVersion) -> IpAddress | None:
+        if version == 6:
+            if identity not in self.leases_v6:
+                if not self.pool_v6:
+                    return None
+                self.leases_v6[identity] = self.pool_v6.pop(0)
+            return self.leases_v6[identity]
         if identity not in self.leases:
             if not self.pool:
                 return None
             self.leases[identity] = self.pool.pop(0)
         return self.leases[identity]
 
-    def dns_servers(self) -> Sequence[ipaddress.IPv4Address]:
+    def dns_servers(self) -> Sequence[IpAddress]:
         return self.dns
 
-    def subnets_for(self, identity: Identity) -> Sequence[ipaddress.IPv4Network]:
+    def subnets_for(self, identity: Identity) -> Sequence[IpNetwork]:
         return self.subnets
 
 
@@ -205,6 +224,7 @@ def ike_pair(
     child_over_time: float | None = None,
     child_rand_time: float | None = None,
     responder_lifetimes: bool = True,
+    request_ipv6: bool = False,
 ) -> IkePair:
     """A fresh initiator (client) and responder (concentrator), nothing sent yet.
 
@@ -217,7 +237,8 @@ def ike_pair(
     check the peer's certificate; ``client_id`` is the initiator's IDi.
     SA lifetimes (``IkeConfiguration``) are off unless asked for, so an idle
     pair has no timer; ``responder_lifetimes=False`` keeps them off on the
-    responder.
+    responder. ``request_ipv6`` makes the initiator dual-stack (give the
+    policy a ``pool_v6`` for it to get an IPv6 address).
     """
 
     def lifetimes(config: IkeConfiguration, enabled: bool = True) -> IkeConfiguration:
@@ -246,6 +267,7 @@ def ike_pair(
                 ike_proposals=tuple(ike),
                 esp_proposals=tuple(esp),
                 force_encapsulation=force_encapsulation,
+                request_ipv6=request_ipv6,
                 pfs_group=pfs_group,
                 private_key=mine.key,
                 certificate=mine.certificate,

@@ -83,7 +83,7 @@ from common.ike.payloads import (
     TsInitiator,
     TsResponder,
 )
-from common.ike.policy import CertificatePolicy, Identity
+from common.ike.policy import CertificatePolicy, Identity, IpAddress, IpVersion
 from common.ike.proposals import esp_algorithms, esp_proposals, select_proposal, validate_chosen
 from common.ike.selectors import is_subset, narrow, selectors_for_networks
 from common.ike.tasks.base import (
@@ -97,6 +97,15 @@ from common.ike.tasks.base import (
     notify_name,
 )
 
+# ``::/0``, any protocol and port: what a dual-stack initiator proposes beside ANY_IPV4.
+ANY_IPV6: Final = TrafficSelector(
+    ipaddress.IPv6Address("::"), ipaddress.IPv6Address("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")
+)
+
+# INTERNAL_IP6_ADDRESS carries a prefix length (RFC 7296 3.15.1); a road warrior's
+# address is a host of its own, as strongSwan sends it.
+LEASED_IPV6_PREFIX_LENGTH: Final = 128
+
 # More CERT payloads than any sane chain: refuse rather than feed them to path building.
 MAX_PEER_CERTIFICATES: Final = 8
 
@@ -108,6 +117,29 @@ def _authentication_failed(reason: str) -> LocalProtocolError:
 
 def _der(certificate: x509.Certificate) -> bytes:
     return certificate.public_bytes(serialization.Encoding.DER)
+
+
+def _address_assigned(assigned: AssignedConfig) -> AddressAssigned:
+    """The event for a CFG_REPLY: the first address of each family and the rest per family.
+
+    Raises:
+        RemoteProtocolError: INTERNAL_ADDRESS_FAILURE, the reply leased no address
+            of either family.
+    """
+    if not assigned.addresses_v4 and not assigned.addresses_v6:
+        raise RemoteProtocolError(
+            "CFG_REPLY without an address", NotifyType.INTERNAL_ADDRESS_FAILURE
+        )
+    v6 = assigned.addresses_v6[0] if assigned.addresses_v6 else None
+    return AddressAssigned(
+        assigned.addresses_v4[0] if assigned.addresses_v4 else None,
+        tuple(d for d in assigned.dns_servers if isinstance(d, ipaddress.IPv4Address)),
+        tuple(n for n in assigned.subnets if isinstance(n, ipaddress.IPv4Network)),
+        address_v6=None if v6 is None else v6.ip,
+        prefix_length_v6=LEASED_IPV6_PREFIX_LENGTH if v6 is None else v6.network.prefixlen,
+        dns_v6=tuple(d for d in assigned.dns_servers if isinstance(d, ipaddress.IPv6Address)),
+        subnets_v6=tuple(n for n in assigned.subnets if isinstance(n, ipaddress.IPv6Network)),
+    )
 
 
 class IkeAuth:
@@ -139,15 +171,27 @@ class IkeAuth:
             payloads.append(IdResponder(config.remote_id.id_type, config.remote_id.data))
         payloads.append(self._build_auth(config.psk))
         if config.request_address:
-            payloads.append(build_cp_request(ipv4=True, dns=True))
+            payloads.append(build_cp_request(ipv4=True, ipv6=config.request_ipv6, dns=True))
         self._child_inbound_spi = sa.allocate_spi()
         offer = esp_proposals(config.esp_proposals, ESP_SPI.pack(self._child_inbound_spi))
+        proposed = self._proposed_selectors()
         payloads += [
             SecurityAssociation(offer),
-            TsInitiator((ANY_IPV4,)),
-            TsResponder((ANY_IPV4,)),
+            TsInitiator(proposed),
+            TsResponder(proposed),
         ]
         return sa.seal(sa.header(ExchangeType.IKE_AUTH, message_id, response=False), payloads)
+
+    def _proposed_selectors(self) -> tuple[TrafficSelector, ...]:
+        """TSi and TSr of the first Child SA: everything, in each family we use.
+
+        The responder narrows TSi to our leased address(es) and TSr to its
+        subnets (RFC 7296 2.9); ``::/0`` is only offered when we ask for an
+        IPv6 address, since IPv6 traffic needs an IPv6 inner source.
+        """
+        if self._sa.config.request_ipv6:
+            return (ANY_IPV4, ANY_IPV6)
+        return (ANY_IPV4,)
 
     def process_i(self, payloads: list[Payload]) -> None:
         """``<-- HDR, SK {IDr, [CERT+,] AUTH, CP(CFG_REPLY), SAr2, TSi, TSr}`` (or an error Notify).
@@ -197,7 +241,8 @@ class IkeAuth:
         chosen = validate_chosen(sa_payload, offer)
         esp = esp_algorithms(chosen)
         # RFC 7296 2.9: the responder may narrow, never widen.
-        if not is_subset(tsi.selectors, (ANY_IPV4,)) or not is_subset(tsr.selectors, (ANY_IPV4,)):
+        proposed = self._proposed_selectors()
+        if not is_subset(tsi.selectors, proposed) or not is_subset(tsr.selectors, proposed):
             raise RemoteProtocolError(
                 "responder widened the traffic selectors", NotifyType.TS_UNACCEPTABLE
             )
@@ -209,18 +254,7 @@ class IkeAuth:
         if config.request_address:
             if cp is None:
                 raise RemoteProtocolError("no CFG_REPLY", NotifyType.FAILED_CP_REQUIRED)
-            assigned = parse_cp_reply(cp)
-            if not assigned.addresses_v4:
-                raise RemoteProtocolError(
-                    "CFG_REPLY without an address", NotifyType.INTERNAL_ADDRESS_FAILURE
-                )
-            sa.events.append(
-                AddressAssigned(
-                    assigned.addresses_v4[0],
-                    tuple(d for d in assigned.dns_servers if isinstance(d, ipaddress.IPv4Address)),
-                    tuple(n for n in assigned.subnets if isinstance(n, ipaddress.IPv4Network)),
-                )
-            )
+            sa.events.append(_address_assigned(parse_cp_reply(cp)))
         keymat_i, keymat_r = child_sa_keymat(sa.ike.prf, sa.keys.sk_d, sa.ni, sa.nr, esp.suite)
         outbound_spi = ESP_SPI.unpack(chosen.spi)[0]
         sa.add_child(
@@ -292,19 +326,25 @@ class IkeAuth:
             # RFC 7296 3.10.1: a road warrior must ask for its address.
             raise LocalProtocolError("no CFG_REQUEST", NotifyType.FAILED_CP_REQUIRED)
         subnets = tuple(sa.policy.subnets_for(peer))
+        if not narrow(tsr.selectors, selectors_for_networks(subnets)):
+            raise LocalProtocolError("TSr outside the peer's subnets", NotifyType.TS_UNACCEPTABLE)
+        leases = self._lease_addresses(requested(cp), peer)
+        if not leases:
+            # RFC 7296 3.15.4: no address of any family to give.
+            raise LocalProtocolError("no address to lease", NotifyType.INTERNAL_ADDRESS_FAILURE)
+        host = [ipaddress.ip_network(lease) for lease in leases]
+        ts_i = narrow(tsi.selectors, selectors_for_networks(host))
+        if not ts_i:
+            # RFC 7296 2.9: TSi must hold a leased address.
+            raise LocalProtocolError("TSi excludes the leased address", NotifyType.TS_UNACCEPTABLE)
+        # Only the families with an inner source: the other's TSr would carry nothing.
+        families = {lease.version for lease in leases}
+        subnets = tuple(subnet for subnet in subnets if subnet.version in families)
         ts_r = narrow(tsr.selectors, selectors_for_networks(subnets))
         if not ts_r:
-            raise LocalProtocolError("TSr outside the peer's subnets", NotifyType.TS_UNACCEPTABLE)
-        lease = None
-        if ConfigurationAttributeType.INTERNAL_IP4_ADDRESS in requested(cp):
-            lease = sa.policy.lease_address(peer)
-        if lease is None:
-            # RFC 7296 3.15.4: no address to give.
-            raise LocalProtocolError("no address to lease", NotifyType.INTERNAL_ADDRESS_FAILURE)
-        ts_i = narrow(tsi.selectors, selectors_for_networks([ipaddress.IPv4Network(lease)]))
-        if not ts_i:
-            # RFC 7296 2.9: TSi must hold the leased address.
-            raise LocalProtocolError("TSi excludes the leased address", NotifyType.TS_UNACCEPTABLE)
+            raise LocalProtocolError(
+                "TSr outside the subnets of the leased families", NotifyType.TS_UNACCEPTABLE
+            )
         if len(chosen.spi) != 4:
             raise LocalProtocolError(
                 "ESP proposal without a 4-octet SPI", NotifyType.INVALID_SYNTAX
@@ -314,8 +354,14 @@ class IkeAuth:
         keymat_i, keymat_r = child_sa_keymat(sa.ike.prf, sa.keys.sk_d, sa.ni, sa.nr, esp.suite)
         reply = build_cp_reply(
             AssignedConfig(
-                addresses_v4=(lease,),
-                dns_servers=tuple(sa.policy.dns_servers()),
+                addresses_v4=tuple(a for a in leases if isinstance(a, ipaddress.IPv4Address)),
+                addresses_v6=tuple(
+                    ipaddress.IPv6Interface((a, LEASED_IPV6_PREFIX_LENGTH))
+                    for a in leases
+                    if isinstance(a, ipaddress.IPv6Address)
+                ),
+                # A family we leased nothing of gets no DNS: the client could not reach it.
+                dns_servers=tuple(d for d in sa.policy.dns_servers() if d.version in families),
                 subnets=subnets,
             )
         )
@@ -330,6 +376,26 @@ class IkeAuth:
             TsInitiator(tuple(ts_i)),
             TsResponder(tuple(ts_r)),
         ]
+
+    def _lease_addresses(self, asked: frozenset[int], peer: Identity) -> list[IpAddress]:
+        """One inner address per family the CFG_REQUEST names, IPv4 first.
+
+        A family the policy has no pool for (or an exhausted one) is left
+        out, so a dual-stack client of a v4-only concentrator still connects
+        (RFC 7296 3.15.4 fails only "if the responder cannot assign any").
+        """
+        assert self._sa.policy is not None
+        leases: list[IpAddress] = []
+        families: tuple[tuple[int, IpVersion], ...] = (
+            (ConfigurationAttributeType.INTERNAL_IP4_ADDRESS, 4),
+            (ConfigurationAttributeType.INTERNAL_IP6_ADDRESS, 6),
+        )
+        for attr_type, version in families:
+            if attr_type in asked:
+                lease = self._sa.policy.lease_address(peer, version)
+                if lease is not None:
+                    leases.append(lease)
+        return leases
 
     # --- AUTH (RFC 7296 2.15, RFC 7427) --------------------------------------------------
 
