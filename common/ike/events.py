@@ -140,7 +140,8 @@ class AddressAssigned:
             RFC 7296 3.15.2).
         address_v6: the inner IPv6 address (INTERNAL_IP6_ADDRESS), None when
             not leased. The prefix length carried beside it (RFC 7296 3.15.1)
-            is in ``prefix_length_v6``; ours and strongSwan's is 128.
+            is in ``prefix_length_v6``: 128 from our responder, 64 from
+            strongSwan 5.9.8 (the address is still a single host's).
         prefix_length_v6: the prefix length of ``address_v6``.
         dns_v6: INTERNAL_IP6_DNS servers.
         subnets_v6: INTERNAL_IP6_SUBNET networks.

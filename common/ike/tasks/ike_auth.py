@@ -103,7 +103,7 @@ ANY_IPV6: Final = TrafficSelector(
 )
 
 # INTERNAL_IP6_ADDRESS carries a prefix length (RFC 7296 3.15.1); a road warrior's
-# address is a host of its own, as strongSwan sends it.
+# address is a host of its own (strongSwan 5.9.8 sends 64; RFC 7296 leaves it open).
 LEASED_IPV6_PREFIX_LENGTH: Final = 128
 
 # More CERT payloads than any sane chain: refuse rather than feed them to path building.
