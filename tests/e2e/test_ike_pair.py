@@ -19,6 +19,7 @@ from common.ike.events import (
     AddressAssigned,
     ChildSaEstablished,
     ChildSaFailed,
+    ChildSaRekeyed,
     IkeEvent,
     IkeSaEstablished,
     IkeSaFailed,
@@ -123,6 +124,12 @@ def test_dual_stack_initiator_gets_both_families() -> None:
     assert (child_i.local_ts, child_i.remote_ts) == (child_r.remote_ts, child_r.local_ts)
     _assert_esp_works(child_i, child_r)
     _assert_esp_works(child_r, child_i)
+    # A rekey proposes the same two-family selectors and keeps them (RFC 7296 1.3.3):
+    # CREATE_CHILD_SA { N(REKEY_SA), SA, Ni, TSi(v4/32, v6/128), TSr } -->  <-- { ... }
+    pair.initiator.rekey_child(child_i.inbound_spi, pair.clock.now)
+    pair.run()
+    rekeyed = _one(events(pair.initiator), ChildSaRekeyed)
+    assert (rekeyed.local_ts, rekeyed.remote_ts) == (child_i.local_ts, child_i.remote_ts)
 
 
 def test_dual_stack_initiator_of_an_ipv4_only_pool_gets_ipv4_alone() -> None:

@@ -122,6 +122,17 @@ def test_narrow_ipv6() -> None:
     ]
 
 
+def test_narrow_dual_stack_tsi_to_the_leased_hosts() -> None:
+    # A road warrior leased 10.99.100.7 and fd00:100::7 proposes 0.0.0.0/0 and ::/0 as TSi:
+    # the responder answers one host selector per family (RFC 7296 2.9), in the offer's order.
+    leases = selectors_for_networks([ip_network("fd00:100::7/128"), ip_network("10.99.100.7/32")])
+    narrowed = narrow([ANY4, ANY6], leases)
+    assert narrowed == [ts4("10.99.100.7", "10.99.100.7"), ts6("fd00:100::7", "fd00:100::7")]
+    assert is_subset(narrowed, [ANY4, ANY6])
+    assert not is_subset(narrowed, [ANY4])  # an IPv6 answer to an IPv4-only offer widens it
+    assert networks_of(narrowed) == [ip_network("10.99.100.7/32"), ip_network("fd00:100::7/128")]
+
+
 def test_narrow_keeps_initiator_order_and_drops_duplicates() -> None:
     # RFC 7296 2.9: a packet-specific first selector stays first once narrowed.
     packet = ts4("10.99.0.5", "10.99.0.5", TCP, (80, 80))
