@@ -72,7 +72,9 @@ def test_newcomers_prefer_fresh_then_least_recently_released() -> None:
     assert pool.lease("a") == addresses[0]  # a keeps its own
     assert pool.lease("y") == addresses[4]
     assert pool.lease("z") is None
-    lease = pool.lease_of(addresses[3])
+    d_address = addresses[3]
+    assert d_address is not None
+    lease = pool.lease_of(d_address)
     assert lease is not None
     assert lease.owner == "x"
     assert lease.active
