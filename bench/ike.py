@@ -1,14 +1,24 @@
 """IKE handshake rate: in-memory IKE_SA_INIT + IKE_AUTH beside the bare key exchange, same run.
 
-Usage: ``python bench/ike.py`` (about 12 s) or ``python bench/ike.py --quick`` (about 3 s).
+Usage: ``python bench/ike.py`` (about 40 s) or ``python bench/ike.py --quick`` (about 10 s);
+``--auth psk`` alone is the old 12 s run.
 
-What one handshake is: a fresh initiator and responder ``IkeSession`` (PSK,
-IKE ``aes256gcm16-prfsha256-<group>``, ESP ``aes256gcm16``, the initiator asks
+What one handshake is: a fresh initiator and responder ``IkeSession`` (IKE
+``aes256gcm16-prfsha256-<group>``, ESP ``aes256gcm16``, the initiator asks
 for an address with CP), IKE_SA_INIT and IKE_AUTH handed across in memory
 (no sockets, no event loop), until both report ``ESTABLISHED`` and the responder
 has leased an address. Randomness is ``os.urandom``, as in production.
 
-Three figures per group, one core, one process:
+Each group is measured with each AUTH kind, in the same run:
+
+- ``psk``: both sides use the PSK MIC (RFC 7296 2.15);
+- ``ecdsa-p256`` / ``ed25519``: both sides sign (RFC 7427) with a leaf of that
+  key type issued by one ECDSA P-256 root, and send it in CERT; so the
+  responder's share includes verifying the client's chain (path building at a
+  fixed validation time) and its AUTH, and signing its own. Certificates and
+  keys are made once, before timing (a real concentrator loads them once too).
+
+Three figures per row, one core, one process:
 
 - ``e2e hs/s``: complete handshakes per second, both sides' work included;
 - ``resp ms``: the responder's share per handshake (making its session plus
@@ -23,8 +33,7 @@ Three figures per group, one core, one process:
 
 Method: best of several repeats (the least disturbed run), each over a batch,
 handshakes and bare KE alternating so a burst of load elsewhere hits both.
-ECDSA certificate authentication is not wired into ``IkeSession`` yet, so only
-PSK is measured. Results also go to ``bench/results/ike.json`` (gitignored).
+Results also go to ``bench/results/ike.json`` (gitignored).
 """
 
 from __future__ import annotations
@@ -37,8 +46,9 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Final
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a plain script from anywhere
@@ -46,6 +56,7 @@ if str(ROOT) not in sys.path:  # run as a plain script from anywhere
 
 import cryptography  # noqa: E402
 import nacl  # noqa: E402
+from cryptography import x509  # noqa: E402
 
 from common.ike.constants import KeyExchangeMethod  # noqa: E402
 from common.ike.events import AddressAssigned, IkeSaEstablished  # noqa: E402
@@ -57,8 +68,10 @@ from common.ike.policy import (  # noqa: E402
     IpAddress,
     IpNetwork,
     IpVersion,
+    accept_any_vouched_identity,
 )
 from common.ike.session import IkeSaState, IkeSession  # noqa: E402
+from tests.helpers.pki import EPOCH, KeyKind, make_ca, make_leaf  # noqa: E402
 
 GROUPS: dict[str, KeyExchangeMethod] = {
     "x25519": KeyExchangeMethod.CURVE25519,
@@ -66,7 +79,13 @@ GROUPS: dict[str, KeyExchangeMethod] = {
 }
 CIPHER = "aes256gcm16"
 RESULTS = ROOT / "bench" / "results" / "ike.json"
-NOTE = "PSK only: ECDSA certificate authentication is not wired into IkeSession yet."
+NOTE = "Certificate rows: both sides sign (RFC 7427) and the responder validates the chain."
+# AUTH kind -> the leaves' key type (None: PSK); every leaf is issued by one P-256 root.
+AUTHS: Final[dict[str, KeyKind | None]] = {
+    "psk": None,
+    "ecdsa-p256": "ecdsa-p256",
+    "ed25519": "ed25519",
+}
 
 INITIATOR: Address = ("192.0.2.2", 500)
 RESPONDER: Address = ("192.0.2.1", 500)
@@ -79,10 +98,20 @@ DNS = (ipaddress.IPv4Address("10.1.0.53"),)
 
 @dataclass
 class BenchPolicy:
-    """The responder's policy: one PSK, a fresh address per handshake (as a pool would)."""
+    """The responder's policy: one PSK, a fresh address per handshake (as a pool would).
+
+    With ``cas`` it is a ``CertificatePolicy`` admitting whoever they vouch for.
+    """
 
     next_host: int = 2
     leases: int = 0
+    cas: tuple[x509.Certificate, ...] = ()
+
+    def ca_certificates(self) -> Sequence[x509.Certificate]:
+        return self.cas
+
+    def authorize(self, identity: Identity, certificate: x509.Certificate) -> bool:
+        return accept_any_vouched_identity(identity, certificate)
 
     def psk_for(self, identity: Identity) -> bytes | None:
         return PSK if identity == CLIENT_ID else None
@@ -105,20 +134,45 @@ class BenchPolicy:
 class Configurations:
     initiator: IkeConfiguration
     responder: IkeConfiguration
+    cas: tuple[x509.Certificate, ...] = ()
+
+    def policy(self) -> BenchPolicy:
+        return BenchPolicy(cas=self.cas)
 
 
-def configurations(group: str) -> Configurations:
+def configurations(group: str, auth: str = "psk") -> Configurations:
     ike = (f"{CIPHER}-prfsha256-{group}",)
     esp = (CIPHER,)
+    initiator = IkeConfiguration(
+        local_id=CLIENT_ID,
+        remote_id=GATEWAY_ID,
+        psk=PSK,
+        ike_proposals=ike,
+        esp_proposals=esp,
+    )
+    responder = IkeConfiguration(local_id=GATEWAY_ID, ike_proposals=ike, esp_proposals=esp)
+    kind = AUTHS[auth]
+    if kind is None:
+        return Configurations(initiator, responder)
+    ca = make_ca("Bench Root CA")
+    client = make_leaf(ca, "alice", key_kind=kind, emails=("alice@example.org",))
+    gateway = make_leaf(ca, "vpn.example.org", key_kind=kind, dns_names=("vpn.example.org",))
     return Configurations(
-        IkeConfiguration(
-            local_id=CLIENT_ID,
-            remote_id=GATEWAY_ID,
-            psk=PSK,
-            ike_proposals=ike,
-            esp_proposals=esp,
+        replace(
+            initiator,
+            psk=b"",
+            private_key=client.key,
+            certificate=client.certificate,
+            ca_certificates=(ca.certificate,),
+            validation_time=EPOCH,
         ),
-        IkeConfiguration(local_id=GATEWAY_ID, ike_proposals=ike, esp_proposals=esp),
+        replace(
+            responder,
+            private_key=gateway.key,
+            certificate=gateway.certificate,
+            validation_time=EPOCH,
+        ),
+        (ca.certificate,),
     )
 
 
@@ -153,7 +207,7 @@ def handshake(configs: Configurations, policy: BenchPolicy) -> float:
 
 def check_once(configs: Configurations) -> None:
     """Untimed: the handshake really establishes, with an address, before we time it."""
-    policy = BenchPolicy()
+    policy = configs.policy()
     initiator = IkeSession(
         configs.initiator, is_initiator=True, local_addr=INITIATOR, remote_addr=RESPONDER
     )
@@ -178,6 +232,7 @@ def check_once(configs: Configurations) -> None:
 class Row:
     group: str
     cipher: str
+    auth: str
     handshakes_per_repeat: int
     e2e_handshakes_per_s: float
     responder_ms: float
@@ -194,8 +249,8 @@ class Row:
         return self.ke_ms / self.responder_ms
 
 
-def bench_group(group: str, count: int, repeats: int) -> Row:
-    configs = configurations(group)
+def bench_group(group: str, count: int, repeats: int, auth: str = "psk") -> Row:
+    configs = configurations(group, auth)
     method = GROUPS[group]
     check_once(configs)
     peer_public = KeyExchange.generate(method).public_value
@@ -203,7 +258,7 @@ def bench_group(group: str, count: int, repeats: int) -> Row:
     responder: list[float] = []
     bare: list[float] = []
     for _ in range(repeats):
-        policy = BenchPolicy()
+        policy = configs.policy()
         responder_total = 0.0
         start = time.perf_counter()
         for _ in range(count):
@@ -219,6 +274,7 @@ def bench_group(group: str, count: int, repeats: int) -> Row:
     return Row(
         group,
         CIPHER,
+        auth,
         count,
         max(e2e),
         min(responder),
@@ -229,7 +285,7 @@ def bench_group(group: str, count: int, repeats: int) -> Row:
 
 def print_table(rows: list[Row]) -> None:
     header = (
-        f"{'IKE suite':<32} {'e2e hs/s':>9} {'resp ms':>8} {'resp hs/s':>10} "
+        f"{'IKE suite':<32} {'auth':<11} {'e2e hs/s':>9} {'resp ms':>8} {'resp hs/s':>10} "
         f"{'KE ms':>7} {'KE/resp':>8}"
     )
     print(header)
@@ -237,11 +293,11 @@ def print_table(rows: list[Row]) -> None:
     for row in rows:
         suite = f"{row.cipher}-prfsha256-{row.group}"
         print(
-            f"{suite:<32} {row.e2e_handshakes_per_s:>9.0f} {row.responder_ms:>8.3f} "
+            f"{suite:<32} {row.auth:<11} {row.e2e_handshakes_per_s:>9.0f} {row.responder_ms:>8.3f} "
             f"{row.responder_handshakes_per_s:>10.0f} {row.ke_ms:>7.3f} {row.ke_share:>8.2f}"
         )
     print()
-    print("e2e hs/s: complete IKE_SA_INIT + IKE_AUTH (PSK, CP lease) per second, both sides,")
+    print("e2e hs/s: complete IKE_SA_INIT + IKE_AUTH (CP lease) per second, both sides,")
     print("          one core; resp ms: responder CPU per handshake (resp hs/s = 1/resp ms);")
     print("KE ms: bare KeyExchange.generate + shared_secret (one side's DH per handshake);")
     print("KE/resp: share of the responder's time that is the key exchange itself.")
@@ -252,14 +308,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer handshakes (a few seconds)")
     parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS))
+    parser.add_argument("--auth", nargs="+", default=list(AUTHS), choices=list(AUTHS))
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
     args = parser.parse_args(argv)
     count, repeats = (100, 3) if args.quick else (400, 5)
 
     rows = []
-    for group in args.groups:
-        print(f"{group}: {repeats} x {count} handshakes...", file=sys.stderr)
-        rows.append(bench_group(group, count, repeats))
+    for auth in args.auth:
+        for group in args.groups:
+            print(f"{auth} {group}: {repeats} x {count} handshakes...", file=sys.stderr)
+            rows.append(bench_group(group, count, repeats, auth))
     print_table(rows)
 
     document = {
