@@ -8,6 +8,22 @@ the session, after a ``ChildSaDeleted`` for every Child SA still up. A rekey
 ``ChildSaEstablished`` and ``ChildSaRekeyed`` and never shows in a repr;
 the driver gives it straight to ``common.esp`` (the ESP data path never goes
 through this queue).
+
+Simultaneous rekeys (RFC 7296 2.8.1, 2.8.2; ``state.py`` rule 7):
+
+- both sides rekeying one Child SA: *two* ``ChildSaRekeyed`` may name the
+  same old SA (one per exchange, in either order). Install both; the
+  redundant one gets its ``ChildSaDeleted`` shortly after, and so does the
+  old one, so the survivor is the new SA with no ``ChildSaDeleted``. Keep
+  sending on an SA not yet deleted (RFC 7296 2.8.1: both must be accepted);
+- a rekey of ours that crossed the peer's Delete of the SA ends with that
+  SA's ``ChildSaDeleted`` and no ``RekeyFailed``; in the rare case the peer
+  still answered it, the new SA comes as ``ChildSaEstablished`` (there is no
+  old SA left to replace);
+- a rekey of ours that lost to the peer's (it finished first) gives no
+  ``RekeyFailed``: the peer's ``ChildSaRekeyed`` already came;
+- both sides rekeying the IKE SA: exactly one ``IkeSaRekeyed``, naming the
+  surviving SA; the redundant new IKE SA is never reported.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from dataclasses import replace
 
 from common.ike.constants import ExchangeType, NotifyType, ProtocolId
 from common.ike.errors import IkeError, LocalProtocolError
-from common.ike.events import IkeEvent, IkeSaFailed, IkeSaRekeyed
+from common.ike.events import IkeEvent, IkeSaDeleted, IkeSaFailed, IkeSaRekeyed
 from common.ike.exchanges import Address, Requests, Responses
 from common.ike.message import IkeHeader, IkeMessage, decode_message, encode_message, peek_header
 from common.ike.payloads import Notify, SecurityAssociation
@@ -97,6 +97,8 @@ class SessionIntake(ABC):
                 self._receive_request(header, data, addr)
         except IkeError as error:
             self._on_error(error, header)
+        if self._state is IkeSaState.ESTABLISHED:
+            self._pump(now)  # e.g. the switch to the peer's new IKE SA freed the window (rule 7)
 
     # --- requests from the peer -----------------------------------------------------------
 
@@ -162,7 +164,27 @@ class SessionIntake(ABC):
         closing = task.process_r(payloads)
         self._respond(data, task.build_r(header.message_id))
         if closing is not None:
+            if isinstance(closing, IkeSaDeleted) and self._adopt_peer_rekey():
+                return
             self._close(closing)
+
+    def _adopt_peer_rekey(self) -> bool:
+        """The peer deleted the IKE SA we are rekeying, having rekeyed it itself.
+
+        RFC 7296 2.8.2: it finished its rekey without seeing ours, so the new SA
+        we made answering it (``IkeRekey.passive``) is the one; we "forget" our
+        rekey (no more retransmissions of it) and go on under the peer's SA.
+        Returns False when there is no such SA: the Delete closes the session.
+        """
+        active = self._active
+        if not isinstance(active, IkeRekey) or active.passive is None:
+            return False
+        self._requests.outstanding = None
+        self._active = None
+        self._switch(active.passive)
+        assert self._retiring is not None
+        self._retiring.answered_delete()
+        return True
 
     def _process_create_child_sa_request(self, header: IkeHeader, data: bytes) -> None:
         """``HDR, SK {[N(REKEY_SA),] SA, Ni, [KEi,] [TSi, TSr]} -->``: a rekey, or refused."""
@@ -177,12 +199,15 @@ class SessionIntake(ABC):
         if sa_payload is not None and any(
             p.protocol_id == ProtocolId.IKE for p in sa_payload.proposals
         ):
+            # RFC 7296 2.8.2: the peer's rekey crossing ours is answered as usual.
+            active = self._active if self._requests.outstanding is not None else None
+            collision = active if isinstance(active, IkeRekey) else None
             busy = (
                 closing
-                or self._requests.outstanding is not None
+                or (self._requests.outstanding is not None and collision is None)
                 or (self._retiring is not None and self._retiring.busy)
             )
-            ike_task = IkeRekeyResponder(self._sa, busy=busy)
+            ike_task = IkeRekeyResponder(self._sa, busy=busy, collision=collision)
             ike_task.process_r(payloads)
             self._respond(data, ike_task.build_r(header.message_id))
             if ike_task.new_sa is not None:
@@ -254,13 +279,26 @@ class SessionIntake(ABC):
         if closing is not None:
             self._close(closing)
             return
-        if isinstance(task, IkeRekey) and task.new_sa is not None:
-            self._switch(task.new_sa)
-            assert self._retiring is not None
-            self._send(self._retiring.delete(now))  # the rekey initiator deletes the old SA
+        if isinstance(task, IkeRekey):
+            self._finish_ike_rekey(task, now)
         if isinstance(task, (ChildRekey, IkeRekey)) and task.follow_up is not None:
             self._queued.appendleft(task.follow_up)  # the old SA's Delete, or the KE retry
         self._pump(now)
+
+    def _finish_ike_rekey(self, task: IkeRekey, now: float) -> None:
+        """Switch to the surviving new IKE SA; delete what is ours to (RFC 7296 2.8.2)."""
+        outcome = task.outcome()
+        if outcome is None:
+            return  # refused, and no rekey of the peer's either: RekeyFailed is queued
+        self._switch(outcome.survivor)
+        retiring = self._retiring
+        assert retiring is not None
+        if outcome.delete_old:
+            self._send(retiring.delete(now))  # the survivor's initiator deletes the old SA
+        if outcome.redundant is not None:
+            delete = retiring.add_redundant(outcome.redundant, now)
+            if delete is not None:
+                self._send(delete)  # ours, with the lowest nonce: we delete it
 
     def _switch(self, new_sa: IkeSa) -> None:
         """Go on under the rekeyed IKE SA (RFC 7296 2.18, state.py rule 6).
@@ -270,7 +308,9 @@ class SessionIntake(ABC):
         """
         old = self._sa
         new_sa.child_sas, old.child_sas = old.child_sas, {}
-        self._retiring = RetiringSa(old, self._requests, self._responses, self.drops)
+        self._retiring = RetiringSa(
+            old, self._requests, self._responses, self.drops, self._retiring
+        )
         self._sa = new_sa
         self._requests = Requests()
         self._responses = Responses()

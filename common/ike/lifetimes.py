@@ -5,8 +5,10 @@ made (or remade by a rekey) at ``t`` is rekeyed at its *soft* time
 ``t + rekey_time - random(0, rand_time)`` and, if no rekey succeeded by
 then, given up at its *hard* time ``t + rekey_time + over_time``. The jitter
 comes from the session's rng, so both peers rarely start the same rekey at
-once (a collision is refused with TEMPORARY_FAILURE, state.py rule 7) and a
-seeded rng makes it repeatable.
+once (RFC 7296 2.8.1 asks for the jitter; a collision that happens anyway is
+resolved by the lowest-nonce rule, state.py rule 7) and a seeded rng makes
+it repeatable. An SA replaced by the peer's rekey (REKEYED) is not rekeyed
+again; its hard time still deletes it if the peer's Delete never comes.
 
 Either side may rekey (RFC 7296 2.8); whoever's soft time comes first does.
 A rekey that cannot start (our window is busy, the SA is already being

@@ -24,9 +24,9 @@ queues. The rest is elsewhere:
 Each side authenticates with a PSK (RFC 7296 2.15) or with a certificate and an
 RFC 7427 digital signature (tasks/ike_auth.py). CREATE_CHILD_SA
 rekeys Child SAs and the IKE SA, either side starting (RFC 7296 1.3.2,
-1.3.3); further Child SAs are refused with NO_ADDITIONAL_SAS, and rekey
-collisions are refused with TEMPORARY_FAILURE rather than resolved (state.py
-rule 7). COOKIE (RFC 7296 2.6): the responder's challenge is
+1.3.3); further Child SAs are refused with NO_ADDITIONAL_SAS, and
+simultaneous rekeys are resolved by the lowest-nonce rule of RFC 7296 2.8.1
+and 2.8.2 (state.py rule 7). COOKIE (RFC 7296 2.6): the responder's challenge is
 ``cookies.py``, run by the concentrator's intake before a session exists;
 the initiator's retry with the cookie is in ``tasks/ike_init.py``.
 Fragmentation (RFC 7383) is announced, never used.
@@ -260,8 +260,9 @@ class IkeSession(SessionIntake):
         ``HDR, SK {N(REKEY_SA), SA, Ni, [KEi,] TSi, TSr} -->``; on the answer
         ``ChildSaRekeyed``, then our Delete of the old SA and its
         ``ChildSaDeleted``; on a refusal ``RekeyFailed``. A rekey of a Child
-        SA that is already being rekeyed or deleted when its turn comes does
-        nothing.
+        SA that is already being rekeyed, replaced or deleted when its turn
+        comes does nothing; one crossing the peer's rekey or Delete of the same
+        SA is resolved as state.py rule 7 says.
         """
         self._require_established("rekey_child")
         child = self._child(inbound_spi)

@@ -35,10 +35,45 @@ Rules
    responses. Why one object: the driver, the concentrator's session table
    and the controller all hold "the session to this peer"; a new object per
    rekey would force each of them to swap references at the right moment.
-7. Collisions (RFC 7296 2.8.1, 2.8.2, 2.25) are refused, not resolved: a
-   rekey request for a Child SA we are rekeying or deleting, or for the IKE
-   SA while any request of ours is in flight (or our Delete of a previous
-   IKE SA is), is answered TEMPORARY_FAILURE; the peer retries later.
+7. Collisions are resolved as RFC 7296 2.8.1, 2.8.2 and 2.25 say, the way
+   strongSwan's ``child_rekey`` and ``ike_rekey`` do:
+
+   - *Both sides rekey one Child SA* (2.8.1): a rekey request for a Child SA
+     that is REKEYING here is answered as usual, and the new SA it makes is
+     remembered on the old one (``ChildSa.peer_rekey``). When our own answer
+     arrives, both new SAs exist; the one made by the exchange holding the
+     lowest of the four nonces (octet by octet, a shorter prefix lower) is
+     redundant. Its initiator deletes it; the other side marks it REKEYED
+     and waits for that Delete. The survivor's initiator deletes the old SA
+     (2.8: "the node that initiated the surviving rekeyed SA"); the loser
+     marks the old SA REKEYED and waits for that Delete.
+   - *One side finished before it saw the other's request*: it answers the
+     late request TEMPORARY_FAILURE (the old SA is DELETING there, 2.25.1) or
+     CHILD_SA_NOT_FOUND (already gone). The side that saw the collision then
+     keeps the peer's new SA, drops its own rekey without ``RekeyFailed`` and
+     waits for the peer's Delete of the old SA.
+   - *Rekey against Delete* (2.25.1): a rekey request for a Child SA we are
+     deleting gets TEMPORARY_FAILURE, for one we no longer have
+     CHILD_SA_NOT_FOUND, for one already replaced (REKEYED) TEMPORARY_FAILURE.
+     The peer's Delete of a Child SA we are rekeying is answered as usual
+     and the SA goes; our rekey's answer then finds it DELETED and is dropped
+     quietly (no ``RekeyFailed``, nothing left over; a new SA it made anyway
+     is reported with ``ChildSaEstablished``, having no old SA to replace).
+   - *Both sides rekey the IKE SA* (2.8.2): the peer's request while our
+     ``IkeRekey`` is in flight is answered as usual, and its new SA kept on
+     our task (``IkeRekey.passive``) without switching. On our answer the new
+     SA with the lowest nonce is deleted by its initiator (under itself), the
+     session switches to the other one (one ``IkeSaRekeyed``; Child SAs move
+     there), and the survivor's initiator deletes the old SA. The peer's
+     Delete of the old SA while our rekey is still in flight means the peer
+     did not see the collision: we switch to its new SA and forget ours
+     (2.8.2); the peer answers our late request TEMPORARY_FAILURE from the
+     old SA (``retiring.RetiringSa``), which we also read as "keep the
+     peer's". A redundant IKE SA the peer created but never deletes is
+     deleted by us after ``retiring.REDUNDANT_SA_WAIT_S``.
+   - A peer's IKE SA rekey while another request of ours is in flight (or
+     our Delete of a replaced IKE SA is, or we are closing) is still refused
+     with TEMPORARY_FAILURE (2.25.2 allows it; strongSwan does the same).
 
 Theory of operation
 -------------------
@@ -64,10 +99,13 @@ share the SA's data (SPIs, nonces, keys, Child SAs) through ``tasks.IkeSa``.
 
 A Child SA is INSTALLED when its ``ChildSaEstablished`` (or
 ``ChildSaRekeyed``) event is queued, REKEYING while our CREATE_CHILD_SA
-rekeying it is outstanding (back to INSTALLED if refused), DELETING while our
-Delete for it is outstanding (a rekeyed SA goes there straight from REKEYING), and DELETED once the
-``ChildSaDeleted`` event is queued (either side's Delete, or the IKE SA
-closing, RFC 7296 1.4.1: Child SAs die with their IKE SA).
+rekeying it is outstanding (back to INSTALLED if refused), REKEYED once
+another SA replaced it and the *peer* is to delete it (we answered the peer's
+rekey of it, or lost a collision; also the redundant SA of a collision the
+peer created), DELETING while our Delete for it is outstanding (a rekeyed SA
+goes there straight from REKEYING), and DELETED once the ``ChildSaDeleted``
+event is queued (either side's Delete, or the IKE SA closing, RFC 7296
+1.4.1: Child SAs die with their IKE SA). A REKEYED SA is never rekeyed again.
 """
 
 from __future__ import annotations
@@ -93,6 +131,7 @@ class ChildSaState(Enum):
 
     INSTALLED = auto()
     REKEYING = auto()  # our CREATE_CHILD_SA rekeying it is outstanding (RFC 7296 1.3.3)
+    REKEYED = auto()  # replaced; the peer deletes it (strongSwan CHILD_REKEYED, RFC 7296 2.8)
     DELETING = auto()  # our Delete for it is outstanding
     DELETED = auto()
 
@@ -110,8 +149,9 @@ IKE_SA_TRANSITIONS: Final[dict[IkeSaState, frozenset[IkeSaState]]] = {
 
 _C = ChildSaState
 CHILD_SA_TRANSITIONS: Final[dict[ChildSaState, frozenset[ChildSaState]]] = {
-    _C.INSTALLED: frozenset({_C.REKEYING, _C.DELETING, _C.DELETED}),
-    _C.REKEYING: frozenset({_C.INSTALLED, _C.DELETING, _C.DELETED}),
+    _C.INSTALLED: frozenset({_C.REKEYING, _C.REKEYED, _C.DELETING, _C.DELETED}),
+    _C.REKEYING: frozenset({_C.INSTALLED, _C.REKEYED, _C.DELETING, _C.DELETED}),
+    _C.REKEYED: frozenset({_C.DELETING, _C.DELETED}),
     _C.DELETING: frozenset({_C.DELETED}),
     _C.DELETED: frozenset(),
 }

@@ -46,6 +46,10 @@ class ChildSa:
     state: ChildSaState = ChildSaState.INSTALLED
     local_ts: tuple[TrafficSelector, ...] = ()
     remote_ts: tuple[TrafficSelector, ...] = ()
+    # RFC 7296 2.8.1: the SA the peer's rekey of this one made while ours was in
+    # flight, and the lowest nonce of that exchange (state.py rule 7).
+    peer_rekey: ChildSa | None = None
+    peer_rekey_nonce: bytes = b""
 
     def move(self, new: ChildSaState) -> None:
         self.state = child_transition(self.state, new)
@@ -160,11 +164,20 @@ class IkeSa:
         )
         self.events.append(event)
 
-    def add_rekeyed_child(self, old: ChildSa, new: ChildSaEstablished) -> None:
-        """Remember ``new`` beside ``old`` (make-before-break) and queue ``ChildSaRekeyed``."""
-        self.child_sas[new.inbound_spi] = ChildSa(
+    def add_rekeyed_child(self, old: ChildSa, new: ChildSaEstablished) -> ChildSa:
+        """Remember ``new`` beside ``old`` (make-before-break) and queue ``ChildSaRekeyed``.
+
+        If ``old`` is gone already (the peer deleted it while our rekey was in
+        flight, state.py rule 7) there is nothing to replace: ``new`` is
+        reported as ``ChildSaEstablished``.
+        """
+        child = ChildSa(
             new.inbound_spi, new.outbound_spi, local_ts=new.local_ts, remote_ts=new.remote_ts
         )
+        self.child_sas[new.inbound_spi] = child
+        if old.state is ChildSaState.DELETED:
+            self.events.append(new)
+            return child
         self.events.append(
             ChildSaRekeyed(
                 old.inbound_spi,
@@ -179,6 +192,7 @@ class IkeSa:
                 new.remote_ts,
             )
         )
+        return child
 
     def rekeyed(
         self, *, is_initiator: bool, spi_i: bytes, spi_r: bytes, ni: bytes, nr: bytes

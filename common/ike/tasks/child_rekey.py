@@ -20,6 +20,24 @@ the initiator, through the ordinary ``delete.ChildDelete``.
 A refusal never touches the IKE SA (RFC 7296 2.21.3): the responder answers
 with the Notify, the initiator reports ``RekeyFailed``. INVALID_KE_PAYLOAD
 is retried once, in a new exchange, with the group asked for (RFC 7296 1.3).
+
+Collisions (RFC 7296 2.8.1, 2.25.1; state.py rule 7, strongSwan's
+``child_rekey`` collision handling). Both sides rekeying the same SA::
+
+    A: N(REKEY_SA, old), SA, Ni1 -->      <-- B: N(REKEY_SA, old), SA, Ni2
+    A: <-- SA, Nr1 (answers B's)          B: SA, Nr2 --> (answers A's)
+
+Each answers the other's request as usual (``ChildRekeyResponder`` notes the
+new SA on the old one, ``ChildSa.peer_rekey``), so two new SAs exist. When
+its own answer arrives each side compares min(Ni, Nr) of the two exchanges:
+the SA made by the exchange with the lowest nonce is redundant and its
+initiator deletes it; the other side's initiator deletes the old SA. Each
+new SA was reported with ``ChildSaRekeyed``; the redundant one and the old
+one each end with ``ChildSaDeleted``. A side that finished its rekey before
+the peer's request came answers it TEMPORARY_FAILURE (old SA DELETING) or
+CHILD_SA_NOT_FOUND (gone); the peer keeps our new SA and waits for our Delete
+of the old one, with no ``RekeyFailed``. A rekey whose SA the peer deleted
+meanwhile is dropped quietly.
 """
 
 from __future__ import annotations
@@ -145,18 +163,45 @@ class ChildRekey:
             sa.ike.prf, sa.keys.sk_d, self._ni, nonce.data, esp.suite, g_ir=g_ir
         )
         outbound_spi = ESP_SPI.unpack(chosen.spi)[0]
-        sa.add_rekeyed_child(
+        new = sa.add_rekeyed_child(
             child,
             child_established(esp, self._inbound_spi, outbound_spi, keymat_r, keymat_i, ts_i, ts_r),
         )
+        passive = child.peer_rekey
+        if passive is not None and passive.state is not ChildSaState.DELETED:
+            # RFC 7296 2.8.1: "the SA created with the lowest of the four nonces used in
+            # the two exchanges" is redundant and closed "by the endpoint that created
+            # it". Nonces compare octet by octet, a prefix lower: Python's bytes order.
+            if min(self._ni, nonce.data) < child.peer_rekey_nonce:
+                # Ours is redundant: we delete it; the peer, which made the surviving
+                # SA, deletes the old one (2.8), so we wait for that.
+                if child.state is ChildSaState.REKEYING:
+                    child.move(ChildSaState.REKEYED)
+                self.follow_up = _delete(new)
+                return None
+            if passive.state is ChildSaState.INSTALLED:
+                passive.move(ChildSaState.REKEYED)  # the peer's redundant SA: it deletes it
         if child.state is ChildSaState.REKEYING:
             # RFC 7296 2.8: the rekey initiator deletes the old SA once the new one is up.
             child.move(ChildSaState.DELETING)
-            self.follow_up = _delete_old(child)
+            self.follow_up = _delete(child)
         return None
 
     def _process_refusal(self, refusal: Notify) -> None:
         child = self._child
+        passive = child.peer_rekey
+        if passive is not None and passive.state is not ChildSaState.DELETED:
+            # RFC 7296 2.8.1, 2.25.1: the peer rekeyed this SA too and finished before
+            # our request came (TEMPORARY_FAILURE: it is deleting the old SA;
+            # CHILD_SA_NOT_FOUND: deleted). Its new SA stands; its Delete of the old
+            # one is on the way. Nothing failed, so no RekeyFailed.
+            if child.state is ChildSaState.REKEYING:
+                child.move(ChildSaState.REKEYED)
+            return
+        if child.state is ChildSaState.DELETED:
+            # RFC 7296 2.25.1: the peer deleted the SA while our rekey was in flight;
+            # there is nothing left to rekey, nor to report beyond its ChildSaDeleted.
+            return
         notify = as_notify(refusal.notify_type)
         wanted = wanted_group(refusal.data)
         if (
@@ -185,7 +230,9 @@ class ChildRekey:
         return PeerUnreachable()
 
 
-def _delete_old(child: ChildSa) -> TaskFactory:
+def _delete(child: ChildSa) -> TaskFactory:
+    """``HDR, SK {D(ESP, inbound SPI of child)} -->``: the old SA, or our redundant one."""
+
     def factory(sa: IkeSa) -> ExchangeTask | None:
         alive = sa.child_sas.get(child.inbound_spi) is child
         return ChildDelete(sa, child) if alive else None
@@ -240,9 +287,13 @@ class ChildRekeyResponder:
         if child is None:
             # RFC 7296 2.25.1: "a Child SA that does not exist".
             raise LocalProtocolError("REKEY_SA names no Child SA", NotifyType.CHILD_SA_NOT_FOUND)
-        if self._closing or child.state is not ChildSaState.INSTALLED:
-            # RFC 7296 2.25.1 (closing); a crossing rekey of ours is refused too,
-            # not resolved by nonces (2.8.1): see state.py rule 7.
+        if (
+            self._closing
+            or child.state in (ChildSaState.DELETING, ChildSaState.REKEYED)
+            or child.peer_rekey is not None
+        ):
+            # RFC 7296 2.25.1: an SA we are closing (or the IKE SA is), or one already
+            # replaced whose Delete is coming: "try again later" (TEMPORARY_FAILURE).
             raise LocalProtocolError(
                 f"Child SA is {child.state.name}", NotifyType.TEMPORARY_FAILURE
             )
@@ -278,9 +329,16 @@ class ChildRekeyResponder:
             sa.ike.prf, sa.keys.sk_d, nonce.data, nr, esp.suite, g_ir=g_ir
         )
         outbound_spi = ESP_SPI.unpack(chosen.spi)[0]
-        sa.add_rekeyed_child(
+        new = sa.add_rekeyed_child(
             child, child_established(esp, inbound_spi, outbound_spi, keymat_i, keymat_r, ts_r, ts_i)
         )
+        if child.state is ChildSaState.REKEYING:
+            # RFC 7296 2.8.1: we are rekeying it too. Answer as usual and keep what
+            # decides between the two new SAs once our own answer comes (ChildRekey).
+            child.peer_rekey = new
+            child.peer_rekey_nonce = min(nonce.data, nr)
+        else:
+            child.move(ChildSaState.REKEYED)  # the peer, the rekey initiator, deletes it (2.8)
         response: list[Payload] = [
             SecurityAssociation((replace(chosen, spi=ESP_SPI.pack(inbound_spi)),)),
             Nonce(nr),

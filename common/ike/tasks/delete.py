@@ -8,6 +8,11 @@
 strongSwan's ``ike_delete`` and ``child_delete``. A Delete names the SPI the
 *sender* receives on (RFC 7296 3.11), so a Delete from the peer names our
 outbound SPI, and we answer with the inbound SPI of the same pair.
+
+Rekey collisions end here too (state.py rule 7): the old Child SA, and the
+redundant new one of a simultaneous rekey (RFC 7296 2.8.1), are removed by
+ordinary Deletes, each sent by the side the nonces name and answered by the
+other, which holds the SA as REKEYED meanwhile.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ class ChildDelete:
 
     def build_i(self, message_id: int) -> bytes:
         """``HDR, SK {D(ESP, our inbound SPI)} -->``."""
-        if self._child.state is ChildSaState.INSTALLED:
+        if self._child.state in (ChildSaState.INSTALLED, ChildSaState.REKEYED):
             self._child.move(ChildSaState.DELETING)
         header = self._sa.header(ExchangeType.INFORMATIONAL, message_id, response=False)
         delete = Delete(ProtocolId.ESP, (ESP_SPI.pack(self._child.inbound_spi),))
@@ -101,8 +106,10 @@ def process_deletes_r(sa: IkeSa, deletes: list[Delete]) -> tuple[list[Payload], 
             child = next((c for c in sa.child_sas.values() if c.outbound_spi == outbound_spi), None)
             if child is None:
                 continue  # RFC 7296 3.11: no record of it, nothing to do
-            if child.state is ChildSaState.INSTALLED:
-                # RFC 7296 1.4.1: answer with the paired SA going the other way.
+            if child.state is not ChildSaState.DELETING:
+                # RFC 7296 1.4.1: answer with the paired SA going the other way; also
+                # for an SA we are rekeying (our rekey then finds it gone, 2.25.1) or
+                # that was replaced and waited for exactly this Delete (REKEYED).
                 ours.append(ESP_SPI.pack(child.inbound_spi))
             # else: both sides deleted at once; RFC 7296 1.4.1: no Delete in the response.
             retire(sa, child)

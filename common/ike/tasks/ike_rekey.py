@@ -14,11 +14,21 @@ g^ir (new) | Ni | Nr) and the SK_* split of 2.14 with the new nonces and
 SPIs. The rekey initiator is the new SA's original initiator. These tasks
 only build the new ``IkeSa`` (``new_sa``); the driver switches to it, moves
 the Child SAs, and deletes the old one (state.py rule 6).
+
+Simultaneous rekeys (RFC 7296 2.8.2, 2.25.2; state.py rule 7): the peer's
+request that arrives while our ``IkeRekey`` is in flight is answered as usual
+by ``IkeRekeyResponder(collision=our task)``, which leaves the new SA on our
+task (``passive``) instead of having the driver switch. ``outcome()`` then
+decides, once our answer is in: of the two new SAs, the one whose exchange
+holds the lowest nonce is redundant and deleted by its initiator; the other
+survives and takes the Child SAs; the survivor's initiator deletes the old
+SA. If our request was refused (the peer finished first and is closing the
+old SA: TEMPORARY_FAILURE) the peer's new SA simply survives.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Final
 
 from common.ike import defaults, key_exchange
@@ -47,8 +57,33 @@ from common.ike.tasks.base import (
 from common.ike.tasks.child_create import invalid_ke, wanted_group
 
 
+@dataclass(frozen=True, slots=True)
+class RekeyOutcome:
+    """Where an IKE SA rekey of ours leaves the session (RFC 7296 2.8.2).
+
+    ``survivor`` is the SA the session goes on under. ``delete_old``: we made
+    the survivor, so the old SA is ours to delete (2.8). ``redundant`` is the
+    other new SA of a collision, or None; we delete it when we made it
+    (``redundant.is_initiator``), otherwise the peer will.
+    """
+
+    survivor: IkeSa
+    delete_old: bool
+    redundant: IkeSa | None
+
+
+def lowest_nonce(sa: IkeSa) -> bytes:
+    """min(Ni, Nr) of the exchange that made ``sa``: bytes order is the RFC's
+    octet-by-octet comparison, a nonce that is a prefix of the other lower (2.8.1)."""
+    return min(sa.ni, sa.nr)
+
+
 class IkeRekey:
-    """We rekey the IKE SA; ``new_sa`` is set once the response is processed."""
+    """We rekey the IKE SA; ``new_sa`` is set once the response is processed.
+
+    ``passive`` is the new SA of the peer's colliding rekey, answered while
+    this one was in flight (set by ``IkeRekeyResponder``).
+    """
 
     exchange_type: Final = ExchangeType.CREATE_CHILD_SA
 
@@ -63,7 +98,25 @@ class IkeRekey:
         self._offer: tuple[Proposal, ...] = ()
         self._dh: key_exchange.KeyExchange | None = None
         self.new_sa: IkeSa | None = None
+        self.passive: IkeSa | None = None
         self.follow_up: TaskFactory | None = None
+
+    def outcome(self) -> RekeyOutcome | None:
+        """Which new IKE SA survives, once the response is processed; None: none made.
+
+        RFC 7296 2.8.2: "The new IKE SA containing the lowest nonce SHOULD be
+        deleted by the node that created it, and the other surviving new IKE SA
+        MUST inherit all the Child SAs."
+        """
+        ours, theirs = self.new_sa, self.passive
+        if ours is None:
+            # Refused, but the peer's rekey went through: it deletes the old SA.
+            return None if theirs is None else RekeyOutcome(theirs, False, None)
+        if theirs is None:
+            return RekeyOutcome(ours, True, None)
+        if lowest_nonce(ours) < lowest_nonce(theirs):
+            return RekeyOutcome(theirs, False, ours)  # we lost: ours is redundant
+        return RekeyOutcome(ours, True, theirs)
 
     def build_i(self, message_id: int) -> bytes:
         """``HDR, SK {SA(new SPIi), Ni, KEi} -->``; KEi in the current group when we offer it."""
@@ -123,6 +176,11 @@ class IkeRekey:
         return None
 
     def _process_refusal(self, refusal: Notify, sent: KeyExchangeMethod) -> None:
+        if self.passive is not None:
+            # RFC 7296 2.8.2: the peer finished its own rekey before ours came and
+            # refuses it (TEMPORARY_FAILURE: it is closing the old SA). Its new SA
+            # stands (``outcome``); nothing failed.
+            return
         notify = as_notify(refusal.notify_type)
         wanted = wanted_group(refusal.data)
         if (
@@ -155,9 +213,16 @@ class IkeRekeyResponder:
 
     exchange_type: Final = ExchangeType.CREATE_CHILD_SA
 
-    def __init__(self, sa: IkeSa, *, busy: bool = False) -> None:
+    def __init__(self, sa: IkeSa, *, busy: bool = False, collision: IkeRekey | None = None) -> None:
+        """Args:
+        sa: the IKE SA the peer rekeys.
+        busy: refuse with TEMPORARY_FAILURE (RFC 7296 2.25.2).
+        collision: our own ``IkeRekey`` of ``sa``, in flight: the new SA goes
+            to its ``passive`` (RFC 7296 2.8.2), not to ``new_sa``.
+        """
         self._sa = sa
-        self._busy = busy
+        self._busy = busy or (collision is not None and collision.passive is not None)
+        self._collision = collision
         self._response: list[Payload] = []
         self.new_sa: IkeSa | None = None
 
@@ -183,7 +248,7 @@ class IkeRekeyResponder:
         assert sa.ike is not None
         assert sa.keys is not None
         if self._busy:
-            # RFC 7296 2.25.2 (closing), and state.py rule 7 (any exchange of ours in flight).
+            # RFC 7296 2.25.2 (closing), and state.py rule 7 (another exchange of ours).
             raise LocalProtocolError(
                 "busy: not rekeying the IKE SA now", NotifyType.TEMPORARY_FAILURE
             )
@@ -211,7 +276,10 @@ class IkeRekeyResponder:
         nr = sa.rng(defaults.NONCE_LEN)
         new_sa = sa.rekeyed(is_initiator=False, spi_i=chosen.spi, spi_r=spi_r, ni=nonce.data, nr=nr)
         new_sa.derive_rekeyed_keys(ike, sa.keys.sk_d, sa.ike, g_ir)  # RFC 7296 2.18
-        self.new_sa = new_sa
+        if self._collision is not None:
+            self._collision.passive = new_sa  # RFC 7296 2.8.2: decided on our own answer
+        else:
+            self.new_sa = new_sa
         return [
             SecurityAssociation((replace(chosen, spi=spi_r),)),
             Nonce(nr),
