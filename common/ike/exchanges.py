@@ -1,5 +1,6 @@
 """How an IKE SA's messages travel: IDs, retransmission, the response cache, SK
-protection and NAT detection (RFC 7296 2.1-2.3, 2.23, 3.14).
+protection, fragmentation and NAT detection (RFC 7296 2.1-2.3, 2.23, 3.14;
+RFC 7383).
 
 Small objects and functions, so ``IkeSession`` never does this bookkeeping
 inline (strongSwan's ``task_manager`` owns the same duties):
@@ -7,11 +8,14 @@ inline (strongSwan's ``task_manager`` owns the same duties):
 - ``Requests``: the requests *we* send. Message IDs count from 0; with a
   window of 1 (RFC 7296 2.3, no SET_WINDOW_SIZE sent) there is at most one
   outstanding request, retransmitted unchanged (RFC 7296 2.1: "retransmit
-  the same message") on the schedule in ``defaults``.
-- ``Responses``: the requests the *peer* sends. The next expected ID, and
-  the last response kept for a retransmitted request, which is answered from
-  the cache without being processed again (RFC 7296 2.1).
-- ``SkProtection``: sealing with a per-direction AEAD IV counter, and opening.
+  the same message"; RFC 7383 2.6: every fragment of it) on the schedule in
+  ``defaults``; and the reassembly of its fragmented response.
+- ``Responses``: the requests the *peer* sends. The next expected ID, the
+  reassembly of a fragmented request, and the last response (all of its
+  fragments) kept for a retransmitted request, which is answered from the
+  cache without being processed again (RFC 7296 2.1, RFC 7383 2.6.1).
+- ``SkProtection``: sealing with a per-direction AEAD IV counter, opening,
+  and the SKF form of both (RFC 7383 2.5, 2.6).
 - ``build_nat_detection`` / ``nat_detected``: the RFC 7296 2.23 hashes.
 """
 
@@ -28,10 +32,20 @@ from typing import Final
 from common.ike import defaults
 from common.ike.constants import NotifyType, PayloadType
 from common.ike.errors import MalformedMessage
+from common.ike.fragments import (
+    Reassembler,
+    SkFragment,
+    fits,
+    fragment_size_for,
+    is_fragment,
+    open_skf,
+    seal_fragments,
+)
 from common.ike.ike_suites import IkeSuite
 from common.ike.keys import IkeSaKeys
 from common.ike.message import (
     IKE_HEADER_LEN,
+    EncryptedFragment,
     EncryptedPayload,
     IkeHeader,
     IkeMessage,
@@ -47,6 +61,7 @@ from common.ike.protection import open_sk, seal_sk
 Address = tuple[str, int]
 Rng = Callable[[int], bytes]
 _PORT: Final = struct.Struct("!H")
+_NEXT_PAYLOAD_OFFSET: Final = 16  # in the IKE header (RFC 7296 3.1)
 
 
 class Timeout(Enum):
@@ -59,19 +74,25 @@ class Timeout(Enum):
 
 @dataclass(slots=True)
 class Outstanding:
-    """The one request in flight (window 1)."""
+    """The one request in flight (window 1).
+
+    ``datagram`` is the message as built; ``wire`` what was sent for it: the
+    datagram itself, or its SKF fragments, all of which every retransmission
+    repeats (RFC 7383 2.6).
+    """
 
     message_id: int
     exchange_type: int
     datagram: bytes
     transmissions: int
     deadline: float
+    wire: tuple[bytes, ...] = ()
 
 
 class Requests:
     """Our side as the sender of requests: IDs, the outstanding request, its timer."""
 
-    __slots__ = ("base", "next_message_id", "outstanding", "timeout_s", "tries")
+    __slots__ = ("base", "next_message_id", "outstanding", "reassembler", "timeout_s", "tries")
 
     def __init__(
         self,
@@ -85,6 +106,8 @@ class Requests:
         self.timeout_s = timeout_s
         self.base = base
         self.tries = tries
+        # Fragmented responses (RFC 7383 2.6); window 1: one message at a time.
+        self.reassembler = Reassembler(max_pending_messages=1)
 
     def allocate(self) -> int:
         """The Message ID of our next request (RFC 7296 2.2)."""
@@ -92,14 +115,28 @@ class Requests:
             raise RuntimeError("window of 1: a request is still outstanding")  # RFC 7296 2.3
         return self.next_message_id
 
-    def sent(self, message_id: int, exchange_type: int, datagram: bytes, now: float) -> None:
-        """Record a request just queued for sending and arm its timer."""
-        self.outstanding = Outstanding(message_id, exchange_type, datagram, 1, now + self.timeout_s)
+    def sent(
+        self,
+        message_id: int,
+        exchange_type: int,
+        datagram: bytes,
+        now: float,
+        wire: tuple[bytes, ...] = (),
+    ) -> None:
+        """Record a request just queued for sending and arm its timer.
+
+        Args:
+            wire: the SKF fragments sent for ``datagram``; empty: the datagram itself.
+        """
+        self.outstanding = Outstanding(
+            message_id, exchange_type, datagram, 1, now + self.timeout_s, wire or (datagram,)
+        )
 
     def resend(self, datagram: bytes, now: float) -> None:
         """Replace the outstanding request (IKE_SA_INIT retried with another KE group)."""
         assert self.outstanding is not None
         self.outstanding.datagram = datagram
+        self.outstanding.wire = (datagram,)  # IKE_SA_INIT: never fragmented
         self.outstanding.transmissions = 1
         self.outstanding.deadline = now + self.timeout_s
 
@@ -111,6 +148,7 @@ class Requests:
         """The outstanding request got its response: the next ID is free (RFC 7296 2.2)."""
         assert self.outstanding is not None
         self.next_message_id = self.outstanding.message_id + 1
+        self.reassembler.discard(self.outstanding.message_id)
         self.outstanding = None
 
     def deadline(self) -> float | None:
@@ -133,12 +171,15 @@ class Requests:
 class Responses:
     """Our side as the receiver of requests: the expected ID and the response cache."""
 
-    __slots__ = ("_request", "_response", "expected_message_id")
+    __slots__ = ("_request", "_response", "expected_message_id", "reassembler")
 
     def __init__(self) -> None:
         self.expected_message_id = 0
         self._request = b""
         self._response: tuple[bytes, ...] = ()
+        # Fragmented requests (RFC 7383 2.6); window 1: a fragment of a new
+        # Message ID discards the partial set of the previous one.
+        self.reassembler = Reassembler(max_pending_messages=1)
 
     def is_retransmission(self, message_id: int, datagram: bytes) -> bool:
         """The peer resent the request we answered last (RFC 7296 2.1)."""
@@ -148,18 +189,28 @@ class Responses:
             and datagram == self._request
         )
 
+    def answered_last(self, message_id: int) -> bool:
+        """Whether ``message_id`` is the request we answered last, with a response cached.
+
+        For a fragmented retransmission, which cannot be compared octet for
+        octet: the caller authenticates the fragment and replays the response
+        for Fragment Number 1 only (RFC 7383 2.6.1).
+        """
+        return bool(self._response) and message_id == self.expected_message_id - 1
+
     def is_next(self, message_id: int) -> bool:
         """Whether ``message_id`` is the one request we may process now (window 1)."""
         return message_id == self.expected_message_id
 
     def answered(self, request: bytes, response: tuple[bytes, ...]) -> None:
-        """Cache the response to ``request`` and expect the next ID."""
+        """Cache the response to ``request`` (all its datagrams: the SKF fragments of a
+        fragmented one) and expect the next ID."""
         self._request = request
         self._response = response
         self.expected_message_id += 1
 
     def cached(self) -> tuple[bytes, ...]:
-        """The datagrams of the last response, to send again."""
+        """The datagrams of the last response, to send again (every fragment, RFC 7383 2.6)."""
         return self._response
 
 
@@ -173,7 +224,9 @@ class SkProtection:
     direction has its own key (SK_ei / SK_er), so a counter per sender is
     enough; CBC IVs come from ``rng`` instead, since CBC needs them
     unpredictable (RFC 7296 3.14). A retransmission resends the sealed
-    octets, never re-seals, so a counter value is used exactly once.
+    octets, never re-seals, so a counter value is used exactly once; each SKF
+    fragment takes its own value (RFC 7383 2.5: every fragment is sealed on
+    its own).
     """
 
     __slots__ = ("_iv_counter", "_rng", "_sk_a_in", "_sk_a_out", "_sk_e_in", "_sk_e_out", "suite")
@@ -195,13 +248,63 @@ class SkProtection:
     def seal(self, header: IkeHeader, payloads: Sequence[Payload]) -> bytes:
         """``HDR, SK {payloads}`` as one datagram."""
         first, chain = encode_payload_chain(payloads)
-        iv = None
-        if self.suite.is_aead:
-            iv = self._iv_counter.to_bytes(self.suite.iv_len, "big")
-            self._iv_counter += 1
         template = encode_header(header, PayloadType.SK, IKE_HEADER_LEN)
         return seal_sk(
-            template, first, chain, self.suite, self._sk_e_out, self._sk_a_out, iv=iv, rng=self._rng
+            template,
+            first,
+            chain,
+            self.suite,
+            self._sk_e_out,
+            self._sk_a_out,
+            iv=self._next_iv() if self.suite.is_aead else None,
+            rng=self._rng,
+        )
+
+    def _next_iv(self) -> bytes:
+        """The next AEAD IV of the counter (RFC 5282 3.1: never repeated under a key)."""
+        iv = self._iv_counter.to_bytes(self.suite.iv_len, "big")
+        self._iv_counter += 1
+        return iv
+
+    def fragment(
+        self, datagram: bytes, datagram_size: int, *, non_esp_marker: bool
+    ) -> tuple[bytes, ...]:
+        """What goes on the wire for our sealed ``datagram`` (RFC 7383 2.5).
+
+        The datagram itself when it fits a ``datagram_size`` UDP payload (the
+        non-ESP marker included on port 4500, RFC 7383 2.5.1) or is not an
+        SK message (IKE_SA_INIT is never fragmented); otherwise its
+        inner payload chain, cut into SKF fragments that each fit, all with
+        its Message ID. The caller checked that the peer supports it (2.3).
+
+        The tasks hand over sealed messages, so the chain is recovered by
+        opening our own SK payload with our outbound keys: one extra pass
+        over a message that is rare (IKE_AUTH with certificates), against
+        changing what every task returns. The counter IV the whole message
+        used is simply never sent.
+
+        Raises:
+            ValueError: ``datagram_size`` too small for any fragment (misuse).
+        """
+        if (
+            fits(datagram, datagram_size, non_esp_marker=non_esp_marker)
+            or datagram[_NEXT_PAYLOAD_OFFSET] != PayloadType.SK
+        ):
+            return (datagram,)
+        first, chain = open_sk(datagram, IKE_HEADER_LEN, self.suite, self._sk_e_out, self._sk_a_out)
+        size = fragment_size_for(self.suite, datagram_size, non_esp_marker=non_esp_marker)
+        return tuple(
+            seal_fragments(
+                datagram[:IKE_HEADER_LEN],
+                first,
+                chain,
+                self.suite,
+                self._sk_e_out,
+                self._sk_a_out,
+                fragment_size=size,
+                next_iv=self._next_iv if self.suite.is_aead else None,
+                rng=self._rng,
+            )
         )
 
     def open(self, data: bytes) -> list[Payload]:
@@ -209,13 +312,52 @@ class SkProtection:
 
         Raises:
             IntegrityCheckFailed: forged or damaged (drop silently, RFC 7296 2.21).
-            MalformedMessage: the outer message does not parse, or SK is not first.
+            MalformedMessage: the outer message does not parse, or SK is not first
+                (a fragment goes to ``open_fragment`` / ``open_message``).
         """
         message = decode_message(data)
         if not message.payloads or not isinstance(message.payloads[0], EncryptedPayload):
-            raise MalformedMessage("expected an SK payload first")  # SKF: not yet
+            raise MalformedMessage("expected an SK payload first")
         first, chain = open_sk(data, IKE_HEADER_LEN, self.suite, self._sk_e_in, self._sk_a_in)
         return decode_payload_chain(first, chain)
+
+    def open_fragment(self, data: bytes) -> SkFragment:
+        """Authenticate and decrypt one ``HDR, SKF {...}`` (RFC 7383 2.6: before keeping it).
+
+        Raises:
+            IntegrityCheckFailed: forged or damaged (drop silently and count).
+            MalformedMessage: the outer message does not parse, or SKF is not first.
+        """
+        message = decode_message(data)
+        if not message.payloads or not isinstance(message.payloads[0], EncryptedFragment):
+            raise MalformedMessage("expected an SKF payload first")
+        return open_skf(data, IKE_HEADER_LEN, self.suite, self._sk_e_in, self._sk_a_in)
+
+    def open_message(
+        self, message_id: int, data: bytes, reassembler: Reassembler
+    ) -> list[Payload] | None:
+        """The payloads of ``HDR, SK {...}``, or of a fragmented message once its last
+        ``HDR, SKF {...}`` is in: then the inner chain is decoded exactly as an SK's.
+
+        Args:
+            message_id: the header's Message ID, which keys the reassembly.
+            data: the datagram (without the non-ESP marker).
+            reassembler: the direction's (``Requests`` or ``Responses``).
+
+        Returns:
+            None while fragments are missing, or for a duplicate fragment.
+
+        Raises:
+            IntegrityCheckFailed: forged or damaged (drop silently and count).
+            FragmentRejected: a genuine fragment we will not keep (numbering, limits).
+            MalformedMessage: the datagram or the reassembled chain does not parse.
+        """
+        if not is_fragment(data):
+            return self.open(data)
+        whole = reassembler.receive(message_id, self.open_fragment(data))
+        if whole is None:
+            return None
+        return decode_payload_chain(whole.first_inner_payload, whole.plaintext)
 
 
 # --- NAT detection (RFC 7296 2.23) -----------------------------------------------------

@@ -8,7 +8,7 @@ fragment is authenticated before it is kept (RFC 7383 section 2.6).
 Flow, outbound (``seal_fragments``)::
 
     inner payload chain --> chunks of ``fragment_size`` octets (from
-      ``fragment_size_for``: the datagram budget minus IP, UDP, non-ESP marker,
+      ``fragment_size_for``: the UDP payload budget minus the non-ESP marker,
       IKE header, SKF header, IV, padding, ICV; RFC 7383 2.5.1)
       --> per chunk: IKE header (Next Payload SKF, same Message ID)
           || SKF{Next Payload, Fragment Number n, Total Fragments t}
@@ -22,8 +22,23 @@ Flow, inbound::
           Total Fragments changes, duplicates, limits
       --> ``ReassembledMessage(first_inner_payload, plaintext)`` once all arrived
 
-The reassembler holds no clock: the session discards an incomplete message
-when its exchange times out (``Reassembler.discard``).
+The reassembler holds no clock: an incomplete message is dropped when a
+fragment of another Message ID starts a new one (``IkeSession`` keeps one
+pending message per direction, RFC 7383 2.6) or when its exchange ends
+(``Reassembler.discard``).
+
+How ``IkeSession`` uses this (``exchanges.SkProtection``, ``intake``): once
+both peers sent N(IKEV2_FRAGMENTATION_SUPPORTED) in IKE_SA_INIT (RFC 7383
+2.3), every protected message whose datagram would exceed
+``IkeConfiguration.fragment_size`` goes out as SKF fragments, and they are
+what is retransmitted and what the response cache replays (RFC 7383 2.6).
+IKE_SA_INIT itself is never fragmented (RFC 7383 2.5: it is not encrypted).
+
+Left out on purpose: the optional PMTU discovery of RFC 7383 2.5.2 (resending
+in smaller fragments after unanswered retransmissions). ``fragment_size``
+stays fixed; a path narrower than it is fixed by configuring a smaller one.
+The receiving side already follows 2.5.2's rules (a greater Total Fragments
+restarts reassembly), so a peer that does PMTU discovery works with us.
 """
 
 from __future__ import annotations
@@ -37,20 +52,27 @@ from typing import Final
 from common.ike.constants import PayloadType
 from common.ike.errors import RemoteProtocolError
 from common.ike.ike_suites import IkeSuite
-from common.ike.protection import IKE_HEADER_LEN, _open, _seal
+from common.ike.protection import IKE_HEADER_LEN, open_encrypted, seal_encrypted
 
 _SKF_FIELDS: Final = struct.Struct("!HH")  # Fragment Number, Total Fragments (RFC 7383 2.5)
 _MAX_FRAGMENTS_ON_WIRE: Final = 0xFFFF
+_NEXT_PAYLOAD_OFFSET: Final = 16  # in the IKE header (RFC 7296 3.1)
 
-# RFC 7383 2.5.1: without better knowledge, fragments should fit the minimum
-# datagram every host must accept: 576 octets for IPv4 (RFC 791), 1280 for
-# IPv6 (RFC 8200).
-DEFAULT_MAX_DATAGRAM_IPV4: Final = 576
-DEFAULT_MAX_DATAGRAM_IPV6: Final = 1280
+# Sizes are of the UDP payload: the IKE message, plus the RFC 3948 non-ESP
+# marker on port 4500 (RFC 7383 2.5.1 counts it). strongSwan's
+# ``charon.fragment_size`` counts the IP header too; ours leaves it out, so
+# one number bounds what the session hands to the socket.
 IPV4_HEADER: Final = 20
 IPV6_HEADER: Final = 40
 UDP_HEADER: Final = 8
 NON_ESP_MARKER: Final = 4  # RFC 3948 2.2, present on port 4500
+# Over IPv4, 1280 octets, strongSwan's default: it fits any real path, where
+# RFC 7383 2.5.1's 576-octet floor would cut a certificate into many pieces.
+DEFAULT_FRAGMENT_SIZE_IPV4: Final = 1280
+# Over IPv6, what the minimum MTU leaves (RFC 8200; RFC 7383 2.5.1): 1232.
+DEFAULT_FRAGMENT_SIZE_IPV6: Final = 1280 - IPV6_HEADER - UDP_HEADER
+# What a 576-octet IPv4 datagram leaves, the least every host accepts (RFC 791).
+MIN_FRAGMENT_SIZE: Final = 576 - IPV4_HEADER - UDP_HEADER
 
 DEFAULT_MAX_FRAGMENTS: Final = 64
 DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024
@@ -88,20 +110,31 @@ class ReassembledMessage:
     plaintext: bytes = field(repr=False)
 
 
-def fragment_size_for(
-    suite: IkeSuite,
-    max_datagram_size: int,
-    *,
-    ipv6: bool,
-    non_esp_marker: bool = True,
-) -> int:
+def default_fragment_size(*, ipv6: bool) -> int:
+    """The UDP payload budget when none is configured, by the peer's address family."""
+    return DEFAULT_FRAGMENT_SIZE_IPV6 if ipv6 else DEFAULT_FRAGMENT_SIZE_IPV4
+
+
+def fits(message: bytes, datagram_size: int, *, non_esp_marker: bool) -> bool:
+    """Whether ``message`` goes out whole within a ``datagram_size`` UDP payload."""
+    return len(message) + (NON_ESP_MARKER if non_esp_marker else 0) <= datagram_size
+
+
+def is_fragment(message: bytes) -> bool:
+    """Whether the IKE message's first payload is SKF (RFC 7383 2.5), from its header.
+
+    The caller has checked the header (``message.peek_header``).
+    """
+    return len(message) > _NEXT_PAYLOAD_OFFSET and message[_NEXT_PAYLOAD_OFFSET] == PayloadType.SKF
+
+
+def fragment_size_for(suite: IkeSuite, datagram_size: int, *, non_esp_marker: bool) -> int:
     """Largest chunk of the inner chain one fragment may carry (RFC 7383 2.5.1).
 
     Args:
         suite: the IKE SA's suite (IV, ICV and padding take room).
-        max_datagram_size: the IP datagram budget, headers included;
-            ``DEFAULT_MAX_DATAGRAM_IPV4`` / ``_IPV6`` unless configured.
-        ipv6: outer IP version (40- or 20-octet header, no options assumed).
+        datagram_size: the UDP payload budget of one fragment
+            (``IkeConfiguration.fragment_size`` or ``default_fragment_size``).
         non_esp_marker: the fragment travels on port 4500 (RFC 7383 2.5.1:
             the marker counts against the budget).
 
@@ -109,19 +142,17 @@ def fragment_size_for(
         ValueError: the budget leaves no room for even one octet of payloads.
     """
     overhead = (
-        (IPV6_HEADER if ipv6 else IPV4_HEADER)
-        + UDP_HEADER
-        + (NON_ESP_MARKER if non_esp_marker else 0)
+        (NON_ESP_MARKER if non_esp_marker else 0)
         + IKE_HEADER_LEN
         + 4
         + _SKF_FIELDS.size
         + suite.iv_len
         + suite.icv_len
     )
-    room = max_datagram_size - overhead
+    room = datagram_size - overhead
     chunk = room - room % suite.block_len - 1  # whole blocks, less the pad length octet
     if chunk < 1:
-        raise ValueError(f"a {max_datagram_size}-octet datagram cannot carry a fragment")
+        raise ValueError(f"a {datagram_size}-octet datagram cannot carry a fragment")
     return chunk
 
 
@@ -171,7 +202,9 @@ def seal_fragments(
         iv = next_iv() if next_iv is not None else None
         fields = _SKF_FIELDS.pack(number, total)
         messages.append(
-            _seal(header, PayloadType.SKF, next_payload, fields, chunk, suite, sk_e, sk_a, iv, rng)
+            seal_encrypted(
+                header, PayloadType.SKF, next_payload, fields, chunk, suite, sk_e, sk_a, iv, rng
+            )
         )
     return messages
 
@@ -185,7 +218,7 @@ def open_skf(
         IntegrityCheckFailed: on anything wrong with the received bytes.
         ValueError: misuse: key lengths that do not fit ``suite``.
     """
-    next_payload, fields, data = _open(
+    next_payload, fields, data = open_encrypted(
         message, skf_payload_offset, _SKF_FIELDS.size, suite, sk_e, sk_a
     )
     number, total = _SKF_FIELDS.unpack(fields)
@@ -212,7 +245,13 @@ class Reassembler:
     Limits keep a peer from making us hold memory: at most ``max_fragments``
     per message (Total Fragments above it is refused outright), at most
     ``max_message_size`` octets of collected plaintext per message, and at most
-    ``max_pending_messages`` incomplete messages (the oldest is dropped).
+    ``max_pending_messages`` incomplete messages (the oldest is dropped; the
+    session passes 1, so a fragment of a new Message ID discards the partial
+    set of the previous one, RFC 7383 2.6).
+
+    A message is handed out once: fragments of the last completed Message ID
+    are ignored afterwards, so a duplicated or retransmitted fragment can never
+    make the same message be processed twice.
     """
 
     def __init__(
@@ -226,6 +265,7 @@ class Reassembler:
         self.max_message_size = max_message_size
         self.max_pending_messages = max_pending_messages
         self._pending: dict[int, _Pending] = {}
+        self._completed: int | None = None  # the Message ID last handed out whole
 
     @property
     def pending_messages(self) -> int:
@@ -239,7 +279,8 @@ class Reassembler:
         """Keep one fragment; return the whole message once every fragment is in.
 
         Returns ``None`` while fragments are missing, and also for a duplicate
-        (RFC 7383 2.6: retransmitted fragments are expected and ignored).
+        (RFC 7383 2.6: retransmitted fragments are expected and ignored) or a
+        fragment of the message completed last.
 
         Raises:
             FragmentRejected: the fragment is dropped (and counted by the
@@ -252,6 +293,8 @@ class Reassembler:
             raise FragmentRejected(f"fragment {number} of {total} is misnumbered")
         if total > self.max_fragments:
             raise FragmentRejected(f"{total} fragments exceed the limit {self.max_fragments}")
+        if message_id == self._completed:
+            return None  # already handed out whole: never a second time
         pending = self._pending.get(message_id)
         if pending is not None and total != pending.total:
             # RFC 7383 2.6 (and 2.5.2, PMTU discovery): a sender that shrinks
@@ -280,5 +323,6 @@ class Reassembler:
         if len(pending.chunks) < total:
             return None
         del self._pending[message_id]
+        self._completed = message_id
         plaintext = b"".join(pending.chunks[n] for n in range(1, total + 1))
         return ReassembledMessage(message_id, pending.first_inner_payload, plaintext)

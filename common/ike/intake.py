@@ -10,7 +10,10 @@ Every IKE datagram goes through ``receive_datagram``, which sorts it:
     response (R flag set)                --> _receive_response: our outstanding
         request (SPIs, I flag, message ID, exchange)  --> _process_<exchange>_response
 
-and then hands the payloads to the exchange's task (``tasks/``). Errors are
+and then hands the payloads to the exchange's task (``tasks/``). A message
+that came as SKF fragments (RFC 7383) passes the same checks fragment by
+fragment; each fragment is authenticated and kept (``_open``) and the
+exchange is processed once, when the last one is in. Errors are
 raised deep and caught once, here (aioquic shape; RFC 7296 2.21): whatever
 fails before a message is known to be genuine (parse errors, a bad ICV) is
 dropped and counted in ``drops``; a responder answers a refused request with
@@ -34,7 +37,15 @@ from common.ike.constants import ExchangeType, NotifyType, ProtocolId
 from common.ike.errors import IkeError, LocalProtocolError
 from common.ike.events import IkeEvent, IkeSaDeleted, IkeSaFailed, IkeSaRekeyed
 from common.ike.exchanges import Address, Requests, Responses
-from common.ike.message import IkeHeader, IkeMessage, decode_message, encode_message, peek_header
+from common.ike.fragments import default_fragment_size, is_fragment
+from common.ike.message import (
+    IkeHeader,
+    IkeMessage,
+    Payload,
+    decode_message,
+    encode_message,
+    peek_header,
+)
 from common.ike.payloads import Notify, SecurityAssociation
 from common.ike.retiring import RetiringSa
 from common.ike.state import INFORMATIONAL_STATES, IkeSaState, transition
@@ -105,6 +116,9 @@ class SessionIntake(ABC):
     def _receive_request(self, header: IkeHeader, data: bytes, addr: Address) -> None:
         self._request_addr = addr
         self._request_data = data
+        if is_fragment(data) and self._responses.answered_last(header.message_id):
+            self._process_retransmitted_fragment(data, addr)
+            return
         if self._responses.is_retransmission(header.message_id, data):
             # RFC 7296 2.1: answer a retransmitted request from the cache, unprocessed.
             self.drops["retransmitted request"] += 1
@@ -137,6 +151,26 @@ class SessionIntake(ABC):
         else:
             self.drops["unexpected exchange"] += 1
 
+    def _process_retransmitted_fragment(self, data: bytes, addr: Address) -> None:
+        """A fragment of the request we answered last: maybe send the response again.
+
+        RFC 7383 2.6.1: only a genuine fragment number 1 triggers the
+        retransmission of the (whole, maybe fragmented) response; the other
+        fragments of the retransmitted request are ignored, so one lost
+        response costs one resend, not one per fragment.
+        """
+        protection = self._sa.protection
+        if protection is None:
+            self.drops["unexpected request"] += 1
+            return
+        fragment = protection.open_fragment(data)  # IntegrityCheckFailed: dropped, counted
+        if fragment.fragment_number != 1:
+            self.drops["retransmitted fragment"] += 1
+            return
+        self.drops["retransmitted request"] += 1
+        for datagram in self._responses.cached():
+            self._datagrams.append((datagram, addr))
+
     def _process_ike_sa_init_request(self, data: bytes, addr: Address) -> None:
         """``HDR, SAi1, KEi, Ni -->``, then ``<-- HDR, SAr1, KEr, Nr``."""
         message = decode_message(data)
@@ -147,7 +181,9 @@ class SessionIntake(ABC):
 
     def _process_ike_auth_request(self, header: IkeHeader, data: bytes, addr: Address) -> None:
         """``HDR, SK {IDi, AUTH, CP, SAi2, TSi, TSr} -->``, then IDr, AUTH and the child."""
-        payloads = self._sa.open(data)
+        payloads = self._open(data)
+        if payloads is None:
+            return
         self._answering = header  # authenticated by the SK ICV: errors get a Notify
         if self._sa.nat_t_pending:
             self._sa.nat_t = True  # the peer moved to 4500 (RFC 7296 2.23); follow it
@@ -158,7 +194,9 @@ class SessionIntake(ABC):
 
     def _process_informational_request(self, header: IkeHeader, data: bytes) -> None:
         """``HDR, SK {[D], [N]} -->``, then ``<-- HDR, SK {[D]}``; maybe close after."""
-        payloads = self._sa.open(data)
+        payloads = self._open(data)
+        if payloads is None:
+            return
         self._answering = header
         task = Informational(self._sa)
         closing = task.process_r(payloads)
@@ -188,7 +226,9 @@ class SessionIntake(ABC):
 
     def _process_create_child_sa_request(self, header: IkeHeader, data: bytes) -> None:
         """``HDR, SK {[N(REKEY_SA),] SA, Ni, [KEi,] [TSi, TSr]} -->``: a rekey, or refused."""
-        payloads = self._sa.open(data)
+        payloads = self._open(data)
+        if payloads is None:
+            return
         self._answering = header
         sa_payload = first(payloads, SecurityAssociation)
         rekey = next(
@@ -256,13 +296,14 @@ class SessionIntake(ABC):
         self._requests.answered()
         message_id = self._requests.allocate()
         request = self._ike_auth.build_i(message_id)
-        self._requests.sent(message_id, ExchangeType.IKE_AUTH, request, now)
-        self._send(request)
+        self._requests.sent(message_id, ExchangeType.IKE_AUTH, request, now, self._send(request))
         self._move(IkeSaState.AUTH_SENT)
 
     def _process_ike_auth_response(self, data: bytes, now: float) -> None:
         """``<-- HDR, SK {IDr, AUTH, CP(CFG_REPLY), SAr2, TSi, TSr}`` (or an error Notify)."""
-        payloads = self._sa.open(data)
+        payloads = self._open(data)
+        if payloads is None:
+            return
         self._accepted = True
         self._requests.answered()
         self._ike_auth.process_i(payloads)
@@ -270,7 +311,9 @@ class SessionIntake(ABC):
 
     def _process_task_response(self, data: bytes, now: float) -> None:
         """``<-- HDR, SK {...}`` for our INFORMATIONAL or CREATE_CHILD_SA; then what follows."""
-        payloads = self._sa.open(data)
+        payloads = self._open(data)
+        if payloads is None:
+            return
         self._accepted = True
         self._requests.answered()
         task, self._active = self._active, None
@@ -361,13 +404,49 @@ class SessionIntake(ABC):
 
     # --- sending --------------------------------------------------------------------------
 
-    def _send(self, datagram: bytes) -> None:
-        self._datagrams.append((datagram, self._sa.remote_addr))
+    def _send(self, datagram: bytes) -> tuple[bytes, ...]:
+        """Queue ``datagram`` for the peer, as SKF fragments if too large; returns what
+        was queued, which is what a retransmission repeats (RFC 7383 2.6)."""
+        wire = self._fragment(datagram)
+        self._datagrams += [(each, self._sa.remote_addr) for each in wire]
+        return wire
 
     def _respond(self, request: bytes, response: bytes) -> None:
-        """Send ``response`` where ``request`` came from (RFC 7296 2.11) and cache it."""
-        self._responses.answered(request, (response,))
-        self._datagrams.append((response, self._request_addr))
+        """Send ``response`` where ``request`` came from (RFC 7296 2.11) and cache it
+        (all its fragments, RFC 7383 2.6)."""
+        wire = self._fragment(response)
+        self._responses.answered(request, wire)
+        self._datagrams += [(each, self._request_addr) for each in wire]
+
+    def _fragment(self, datagram: bytes) -> tuple[bytes, ...]:
+        """``datagram``, or its SKF fragments when both peers announced fragmentation
+        (RFC 7383 2.3) and it exceeds ``fragment_size`` with, on port 4500, the
+        non-ESP marker (RFC 7383 2.5.1). Messages of a retiring IKE SA (its
+        Delete, a few octets) go as they are: only the current SA's keys are here."""
+        sa = self._sa
+        if (
+            not self._ike_init.peer_fragmentation
+            or sa.protection is None
+            or datagram[:16] != sa.spi_i + sa.spi_r
+        ):
+            return (datagram,)
+        size = sa.config.fragment_size or default_fragment_size(ipv6=":" in sa.remote_addr[0])
+        return sa.protection.fragment(datagram, size, non_esp_marker=sa.nat_t)
+
+    def _open(self, data: bytes) -> list[Payload] | None:
+        """The payloads of ``HDR, SK {...}``, or of a fragmented message once its last
+        ``HDR, SKF {...}`` is in (RFC 7383 2.6); None while fragments are missing.
+
+        Raises:
+            IntegrityCheckFailed, FragmentRejected, MalformedMessage: dropped, counted.
+        """
+        protection = self._sa.protection
+        if protection is None:
+            raise RuntimeError("no IKE SA keys yet")
+        header = peek_header(data)
+        # Message IDs count per direction: responses to us, requests to us.
+        reassembler = (self._requests if header.response else self._responses).reassembler
+        return protection.open_message(header.message_id, data, reassembler)
 
     def _send_error_response(self, request: IkeHeader, notify: NotifyType, data: bytes) -> None:
         """A Notify-only response to ``request``: plain in IKE_SA_INIT, else protected."""

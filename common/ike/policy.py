@@ -113,6 +113,13 @@ class IkeConfiguration:
             session's rng); None: 10% of the rekey time; 0: no jitter.
         child_rekey_time, child_over_time, child_rand_time: the same for
             each Child SA (an IKE SA rekey keeps its Child SAs' lifetimes).
+        fragment_size: the largest UDP payload an encrypted IKE message may
+            take, the port-4500 non-ESP marker included (RFC 7383 2.5.1; unlike
+            strongSwan's ``charon.fragment_size``, the IP header is not
+            counted). A larger message goes out as SKF fragments when the peer
+            supports them (RFC 7383). None: 1280 over IPv4 (strongSwan's
+            default), 1232 over IPv6 (the 1280 minimum MTU less the IPv6 and
+            UDP headers). At least 548, what a 576-octet IPv4 datagram leaves.
     """
 
     local_id: Identity
@@ -135,6 +142,7 @@ class IkeConfiguration:
     child_rekey_time: float = defaults.CHILD_REKEY_TIME_S
     child_over_time: float | None = None
     child_rand_time: float | None = None
+    fragment_size: int | None = None
 
     @property
     def signs(self) -> bool:

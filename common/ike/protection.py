@@ -114,7 +114,7 @@ def seal_sk(
         ValueError: misuse: wrong header, key or IV length, or a chain too long
             for one SK payload (fragment it, ``common.ike.fragments``).
     """
-    return _seal(
+    return seal_encrypted(
         header, PayloadType.SK, first_inner_payload, b"", plaintext, suite, sk_e, sk_a, iv, rng
     )
 
@@ -139,14 +139,14 @@ def open_sk(
         IntegrityCheckFailed: on anything wrong with the received bytes.
         ValueError: misuse: key lengths that do not fit ``suite``.
     """
-    next_payload, _extra, inner = _open(message, sk_payload_offset, 0, suite, sk_e, sk_a)
+    next_payload, _extra, inner = open_encrypted(message, sk_payload_offset, 0, suite, sk_e, sk_a)
     return next_payload, inner
 
 
-# --- shared with fragments.py -----------------------------------------------------------
+# --- the generic Encrypted payload, shared by SK and SKF (fragments.py) ------------------
 
 
-def _seal(
+def seal_encrypted(
     header: bytes,
     payload_type: int,
     next_payload: int,
@@ -158,7 +158,25 @@ def _seal(
     iv: bytes | None,
     rng: Callable[[int], bytes],
 ) -> bytes:
-    """Seal one SK (``extra`` empty) or SKF (``extra`` = fragment fields) message."""
+    """Seal one SK (``extra`` empty) or SKF (``extra`` = fragment fields) message.
+
+    The one sealing routine behind ``seal_sk`` and ``fragments.seal_fragments``:
+    SK and SKF differ only in the payload type and the octets that follow the
+    generic payload header, which are authenticated as part of the header
+    (RFC 7296 3.14; RFC 7383 2.5: the AAD runs to the end of the SKF header).
+
+    Args:
+        header: the 28-octet IKE header; Next Payload and Length are set here.
+        payload_type: ``PayloadType.SK`` or ``PayloadType.SKF``.
+        next_payload: the first inner payload type (0 for SKF fragments after the first).
+        extra: octets between the generic header and the IV (SKF: Fragment
+            Number, Total Fragments); empty for SK.
+        plaintext: the inner payload chain (or one fragment's chunk of it).
+        suite, sk_e, sk_a, iv, rng: as for ``seal_sk``.
+
+    Raises:
+        ValueError: misuse, as for ``seal_sk``.
+    """
     if len(header) != IKE_HEADER_LEN:
         raise ValueError(f"the IKE header is {IKE_HEADER_LEN} octets, got {len(header)}")
     if not 0 <= next_payload <= 0xFF:
@@ -192,7 +210,7 @@ def _seal(
     return body + _icv(suite, sk_a, body)
 
 
-def _open(
+def open_encrypted(
     message: bytes,
     offset: int,
     extra_len: int,
@@ -200,7 +218,16 @@ def _open(
     sk_e: bytes,
     sk_a: bytes,
 ) -> tuple[int, bytes, bytes]:
-    """Open one SK or SKF payload: (next payload, the ``extra_len`` octets, inner chain)."""
+    """Open one SK or SKF payload: (next payload, the ``extra_len`` octets, inner chain).
+
+    The one opening routine behind ``open_sk`` and ``fragments.open_skf``; the
+    ``extra_len`` octets after the generic header (SKF: 4) are returned as
+    they were authenticated.
+
+    Raises:
+        IntegrityCheckFailed: on anything wrong with the received bytes.
+        ValueError: misuse: key lengths that do not fit ``suite``.
+    """
     _check_keys(suite, sk_e, sk_a)
     fixed_len = 4 + extra_len
     minimum = fixed_len + suite.iv_len + suite.block_len + suite.icv_len

@@ -29,7 +29,12 @@ simultaneous rekeys are resolved by the lowest-nonce rule of RFC 7296 2.8.1
 and 2.8.2 (state.py rule 7). COOKIE (RFC 7296 2.6): the responder's challenge is
 ``cookies.py``, run by the concentrator's intake before a session exists;
 the initiator's retry with the cookie is in ``tasks/ike_init.py``.
-Fragmentation (RFC 7383) is announced, never used.
+Fragmentation (RFC 7383): both sides announce it in IKE_SA_INIT; once both
+did, an encrypted message larger than ``IkeConfiguration.fragment_size``
+goes out as SKF fragments, which retransmissions and the response cache
+repeat whole, and the peer's fragments are authenticated one by one and
+reassembled before the exchange sees them (``intake``, ``exchanges``,
+``fragments.py``; PMTU discovery, RFC 7383 2.5.2, is left out).
 
 An IKE SA rekey keeps this object (state.py rule 6): ``_sa``, ``_requests``
 and ``_responses`` switch to the new SA, and the old one stays as
@@ -47,6 +52,7 @@ from common.esp.spi import allocate_spi
 from common.ike.constants import ExchangeType
 from common.ike.events import IkeEvent, IkeSaDeleted, IkeSaFailed
 from common.ike.exchanges import Address, Requests, Responses, Timeout
+from common.ike.fragments import MIN_FRAGMENT_SIZE
 from common.ike.intake import SessionIntake
 from common.ike.lifetimes import Lifetime, Lifetimes
 from common.ike.policy import IkeConfiguration, ResponderPolicy
@@ -114,13 +120,18 @@ class IkeSession(SessionIntake):
         Raises:
             RuntimeError: no peer or credentials for an initiator, no policy
                 for a responder.
-            ValueError: negative SA lifetimes, or jitter not below the rekey time.
+            ValueError: negative SA lifetimes, or jitter not below the rekey time;
+                a ``fragment_size`` below 548 (``fragments.MIN_FRAGMENT_SIZE``).
         """
         if is_initiator and (remote_addr is None or not (configuration.psk or configuration.signs)):
             # API misuse: fail fast at the call site.
             raise RuntimeError("an initiator needs remote_addr and a PSK or a key and certificate")
         if not is_initiator and policy is None:
             raise RuntimeError("a responder needs a policy")
+        size = configuration.fragment_size
+        if size is not None and size < MIN_FRAGMENT_SIZE:
+            # Every IPv4 host accepts 576-octet datagrams (RFC 791): no path needs less.
+            raise ValueError(f"fragment_size {size} is below {MIN_FRAGMENT_SIZE}")
         self._sa = IkeSa(
             config=configuration,
             is_initiator=is_initiator,
@@ -304,7 +315,10 @@ class IkeSession(SessionIntake):
         outcome = self._requests.expire(now)
         if outcome is Timeout.RETRANSMIT:
             assert self._requests.outstanding is not None
-            self._send(self._requests.outstanding.datagram)
+            # RFC 7383 2.6: every fragment again, as first sent (never re-sealed).
+            self._datagrams += [
+                (each, self._sa.remote_addr) for each in self._requests.outstanding.wire
+            ]
         elif outcome is Timeout.GIVE_UP:
             if self._active is not None:
                 self._close(self._active.expired())
@@ -365,8 +379,7 @@ class IkeSession(SessionIntake):
                 continue  # overtaken: its Child SA is gone or already being replaced
             message_id = self._requests.allocate()
             request = task.build_i(message_id)
-            self._requests.sent(message_id, task.exchange_type, request, now)
-            self._send(request)
+            self._requests.sent(message_id, task.exchange_type, request, now, self._send(request))
             self._active = task
 
     def _new_ike_spi(self) -> bytes:

@@ -21,7 +21,8 @@ from cryptography import x509
 from common.ike.auth import SigningKey
 from common.ike.constants import KeyExchangeMethod
 from common.ike.events import IkeEvent
-from common.ike.message import Payload
+from common.ike.fragments import Reassembler, is_fragment
+from common.ike.message import Payload, peek_header
 from common.ike.policy import (
     Identity,
     IkeConfiguration,
@@ -319,3 +320,22 @@ def open_sk(receiver: IkeSession, data: bytes) -> list[Payload]:
     encrypted message carries (opening has no side effects; sealing would).
     """
     return receiver._sa.open(data)
+
+
+def open_message(receiver: IkeSession, datagrams: Sequence[bytes]) -> list[Payload]:
+    """The payloads of one message sent as ``HDR, SK {...}`` or as SKF fragments
+    (RFC 7383), as ``receiver`` would read them; white-box like ``open_sk``.
+
+    ``datagrams`` holds the message's datagram(s), in any order, duplicates
+    allowed (e.g. every IKE_AUTH datagram one side sent).
+    """
+    protection = receiver._sa.protection
+    assert protection is not None, "no IKE SA keys yet"
+    if not is_fragment(datagrams[0]):
+        return protection.open(datagrams[0])
+    reassembler = Reassembler()
+    for data in datagrams:
+        payloads = protection.open_message(peek_header(data).message_id, data, reassembler)
+        if payloads is not None:
+            return payloads
+    raise AssertionError("fragments missing")

@@ -42,11 +42,16 @@ _SWANCTL_SUBDIRS: Final = (
 )
 
 
-def strongswan_conf(workdir: Path) -> str:
-    """strongswan.conf for one charon whose state lives under ``workdir``."""
+def strongswan_conf(workdir: Path, *, fragment_size: int | None = None) -> str:
+    """strongswan.conf for one charon whose state lives under ``workdir``.
+
+    ``fragment_size``: charon's limit on a sent IKE message's whole IP datagram
+    (RFC 7383 fragments above it); None keeps charon's default (1280).
+    """
+    fragment = f"\n    fragment_size = {fragment_size}" if fragment_size else ""
     return f"""\
 charon {{
-    load = {PLUGINS}
+    load = {PLUGINS}{fragment}
     install_routes = yes
     install_virtual_ip = yes
     # 9 workers block for good here (kernel-libipsec, netlink, vici, receiver...):
@@ -255,8 +260,11 @@ class StrongSwan:
         *,
         timeout: float = 10.0,
         files: Mapping[str, bytes] | None = None,
+        fragment_size: int | None = None,
     ) -> None:
         """Write the configuration, start charon, wait for vici, load everything.
+
+        ``fragment_size`` sets charon's ``fragment_size`` (``strongswan_conf``).
 
         ``files`` maps paths under the swanctl directory to their contents, e.g.
         ``{"x509ca/ca.pem": ..., "x509/gw.pem": ..., "private/gw.pem": ...}``;
@@ -269,7 +277,7 @@ class StrongSwan:
             path = self.swanctl_dir / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content)
-        self.conf.write_text(strongswan_conf(self.workdir))
+        self.conf.write_text(strongswan_conf(self.workdir, fragment_size=fragment_size))
         (self.swanctl_dir / "swanctl.conf").write_text(swanctl_conf(connection))
         stdout = (self.workdir / "charon.stdout").open("w")
         self.process = self.host.popen(

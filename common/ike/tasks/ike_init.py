@@ -21,6 +21,12 @@ The message is plaintext: the driver decodes it and hands over both the
 Both sides always announce N(SIGNATURE_HASH_ALGORITHMS) (RFC 7427 section 4,
 ``auth.SUPPORTED_HASH_ALGORITHMS``), whatever they authenticate with, and keep
 the peer's list in ``IkeSa.peer_signature_hashes`` for IKE_AUTH to sign with.
+
+N(IKEV2_FRAGMENTATION_SUPPORTED) (RFC 7383 2.3): the initiator always sends
+it, the responder answers with it when the initiator sent it, and each side
+records in ``peer_fragmentation`` whether the peer did. The session reads it
+for every message it sends on this IKE SA and on the ones that rekey it,
+since no later exchange negotiates it again.
 """
 
 from __future__ import annotations
@@ -66,6 +72,11 @@ def _peer_signature_hashes(message: IkeMessage) -> tuple[int, ...] | None:
     return None if notify is None else decode_signature_hash_algorithms(notify.data)
 
 
+def _announces_fragmentation(message: IkeMessage) -> bool:
+    """Whether the peer sent N(IKEV2_FRAGMENTATION_SUPPORTED) (RFC 7383 2.3)."""
+    return message.notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
+
+
 class IkeInit:
     """One IKE_SA_INIT exchange, either role."""
 
@@ -79,6 +90,8 @@ class IkeInit:
         self._cookie = b""  # the responder's last N(COOKIE) data, echoed first (RFC 7296 2.6)
         self._cookie_retries = 0
         self._response: bytes = b""
+        # The peer sent N(IKEV2_FRAGMENTATION_SUPPORTED): we may send it SKF (RFC 7383 2.3).
+        self.peer_fragmentation = False
 
     # --- initiator ------------------------------------------------------------------------
 
@@ -147,6 +160,7 @@ class IkeInit:
             raise RemoteProtocolError("responder's KE group is not the one we sent")
         sa = self._sa
         sa.peer_signature_hashes = _peer_signature_hashes(message)
+        self.peer_fragmentation = _announces_fragmentation(message)
         sa.spi_r = header.spi_r
         sa.nr = nonce.data
         sa.real_message_2 = data
@@ -226,6 +240,7 @@ class IkeInit:
             )
         sa = self._sa
         sa.peer_signature_hashes = _peer_signature_hashes(message)
+        self.peer_fragmentation = _announces_fragmentation(message)
         sa.spi_i = header.spi_i
         sa.remote_addr = addr
         sa.ni = nonce.data
@@ -240,7 +255,12 @@ class IkeInit:
             KeyExchange(ike.group, dh.public_value),
             Nonce(sa.nr),
             *sa.build_nat_detection(sa.spi_r),
-            Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED),  # RFC 7383 2.3
+            # RFC 7383 2.3: the responder answers the initiator's announcement.
+            *(
+                [Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED)]
+                if self.peer_fragmentation
+                else []
+            ),
             _signature_hash_algorithms(),  # RFC 7427 section 4
         ]
         if isinstance(sa.policy, CertificatePolicy) and (cas := sa.policy.ca_certificates()):
@@ -251,5 +271,5 @@ class IkeInit:
         sa.real_message_2 = encode_message(IkeMessage(response_header, tuple(payloads)))
 
     def build_r(self) -> bytes:
-        """``<-- HDR, SAr1, KEr, Nr, N(NAT_D)*2, N(FRAG_SUP), N(SIG_HASH), [CERTREQ]``."""
+        """``<-- HDR, SAr1, KEr, Nr, N(NAT_D)*2, [N(FRAG_SUP),] N(SIG_HASH), [CERTREQ]``."""
         return self._sa.real_message_2

@@ -9,12 +9,16 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from common.ike.constants import PayloadType
 from common.ike.fragments import (
-    DEFAULT_MAX_DATAGRAM_IPV4,
-    DEFAULT_MAX_DATAGRAM_IPV6,
+    DEFAULT_FRAGMENT_SIZE_IPV4,
+    DEFAULT_FRAGMENT_SIZE_IPV6,
+    MIN_FRAGMENT_SIZE,
     FragmentRejected,
     Reassembler,
     SkFragment,
+    default_fragment_size,
+    fits,
     fragment_size_for,
+    is_fragment,
     open_skf,
     seal_fragments,
 )
@@ -63,31 +67,42 @@ def test_empty_chain_is_one_fragment() -> None:
     assert (result.first_inner_payload, result.plaintext) == (0, b"")
 
 
+def test_default_sizes() -> None:
+    """RFC 7383 2.5.1: over IPv6, the 1280 minimum MTU less IPv6 and UDP headers;
+    over IPv4, strongSwan's 1280; the floor is a 576-octet IPv4 datagram's payload."""
+    assert default_fragment_size(ipv6=True) == DEFAULT_FRAGMENT_SIZE_IPV6 == 1280 - 40 - 8
+    assert default_fragment_size(ipv6=False) == DEFAULT_FRAGMENT_SIZE_IPV4 == 1280
+    assert MIN_FRAGMENT_SIZE == 576 - 20 - 8
+
+
 @pytest.mark.parametrize("name", sorted(IKE_SUITES))
 @pytest.mark.parametrize(
-    ("budget", "ipv6"), [(DEFAULT_MAX_DATAGRAM_IPV4, False), (DEFAULT_MAX_DATAGRAM_IPV6, True)]
+    "budget", [MIN_FRAGMENT_SIZE, DEFAULT_FRAGMENT_SIZE_IPV6, DEFAULT_FRAGMENT_SIZE_IPV4]
 )
+@pytest.mark.parametrize("marker", [True, False])
 def test_fragment_size_fills_but_never_exceeds_the_datagram(
-    name: str, budget: int, ipv6: bool
+    name: str, budget: int, marker: bool
 ) -> None:
+    """Each fragment plus the non-ESP marker (on port 4500) fits the UDP payload budget."""
     suite = ike_suite_by_name(name)
     sk_e, sk_a = keys(suite)
-    size = fragment_size_for(suite, budget, ipv6=ipv6)
-    ip_udp_marker = (40 if ipv6 else 20) + 8 + 4
+    size = fragment_size_for(suite, budget, non_esp_marker=marker)
+    marker_len = 4 if marker else 0
     messages = seal_fragments(HEADER, 41, bytes(size * 3), suite, sk_e, sk_a, fragment_size=size)
     assert len(messages) == 3
     for message in messages:
-        assert ip_udp_marker + len(message) <= budget
-        # One more octet would not fit: the size is the largest possible.
-        bigger = seal_fragments(
-            HEADER, 41, bytes(size + 1), suite, sk_e, sk_a, fragment_size=size + 1
-        )
-        assert ip_udp_marker + len(bigger[0]) > budget
+        assert marker_len + len(message) <= budget
+        assert fits(message, budget, non_esp_marker=marker)
+        assert is_fragment(message)
+    # One more octet would not fit: the size is the largest possible.
+    bigger = seal_fragments(HEADER, 41, bytes(size + 1), suite, sk_e, sk_a, fragment_size=size + 1)
+    assert marker_len + len(bigger[0]) > budget
+    assert not fits(bigger[0], budget, non_esp_marker=marker)
 
 
 def test_fragment_size_too_small_a_budget() -> None:
     with pytest.raises(ValueError, match="cannot carry"):
-        fragment_size_for(AES256_GCM16, 80, ipv6=False)
+        fragment_size_for(AES256_GCM16, 60, non_esp_marker=True)
 
 
 def test_tampered_fragment_is_refused() -> None:
@@ -153,3 +168,31 @@ def test_limits() -> None:
     reassembler.discard(2)
     reassembler.discard(99)
     assert reassembler.pending_messages == 2
+
+
+def test_completed_message_is_never_handed_out_again() -> None:
+    """A duplicated fragment after completion must not make the message reappear."""
+    reassembler = Reassembler(max_pending_messages=1)
+    assert reassembler.receive(5, frag(1, 2, b"a", 41)) is None
+    assert reassembler.receive(5, frag(2, 2, b"b")) is not None
+    assert reassembler.receive(5, frag(1, 2, b"a", 41)) is None
+    assert reassembler.receive(5, frag(2, 2, b"b")) is None
+    assert reassembler.pending_messages == 0
+
+
+def test_new_message_id_discards_the_partial_set() -> None:
+    """RFC 7383 2.6 with window 1: a fragment of a new Message ID drops the old set."""
+    reassembler = Reassembler(max_pending_messages=1)
+    reassembler.receive(1, frag(1, 2, b"old", 41))
+    reassembler.receive(2, frag(1, 2, b"A", 41))
+    assert reassembler.pending_messages == 1
+    assert reassembler.receive(1, frag(2, 2, b"?")) is None  # message 1 starts again
+    done = reassembler.receive(2, frag(2, 2, b"B"))
+    assert done is None  # message 2 was evicted by message 1's restart
+    assert reassembler.receive(2, frag(1, 2, b"A", 41)) is not None
+
+
+def test_is_fragment_reads_the_header() -> None:
+    assert not is_fragment(HEADER[:16] + bytes([PayloadType.SK]) + HEADER[17:])
+    assert is_fragment(HEADER[:16] + bytes([PayloadType.SKF]) + HEADER[17:])
+    assert not is_fragment(b"")
