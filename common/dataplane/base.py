@@ -8,6 +8,16 @@ attribute assignment under the GIL), so the packet loop takes no lock. Each
 worker owns the half of every SA its direction needs: no shared counter, no
 lock. Counters are read by the control thread on request; nothing per packet
 leaves the process.
+
+Several UDP sockets (a concentrator listening on IPv4 and IPv6, or on more
+than one address) are handed to both workers as one sequence; a peer's SAs
+name the socket it talks to by index (``SaPair.local_socket``).
+
+TCP MSS clamping (``common.wire.mss``) is a plane-wide setting, the TUN MTU
+(``mss_clamp_mtu``): one TUN device has one MTU, the control plane computes
+it from the largest-overhead suite it may negotiate (``tunnel_mtu``), and no
+packet larger than it crosses the TUN in either direction, so a per-SA value
+could only announce segments the TUN would refuse anyway.
 """
 
 from __future__ import annotations
@@ -17,8 +27,9 @@ import os
 import socket
 import struct
 import threading
+from collections.abc import Sequence
 from enum import IntEnum
-from typing import Final
+from typing import Any, Final
 
 from common.dataplane.channel import receive_message, send_message
 from common.dataplane.messages import (
@@ -37,6 +48,7 @@ from common.dataplane.messages import (
     WorkerReady,
 )
 from common.esp.sa import DROP_COUNT, Drop
+from common.wire.mss import max_mss_for_mtu
 from common.wire.offload import VNET_HDR_LEN
 
 HOUSEKEEPING_INTERVAL_S: Final = 1.0
@@ -58,6 +70,33 @@ def gro_segment_size(ancillary: list[tuple[int, int, bytes]]) -> int:
             size: int = _INT_NATIVE.unpack_from(value)[0]
             return size
     return 0
+
+
+def native_address(family: int, address: PeerAddress) -> tuple[Any, ...]:
+    """``address`` in the form ``recvmsg`` on a socket of ``family`` reports it.
+
+    So the inbound loop can compare a datagram's source with an SA's peer in
+    one tuple comparison: an IPv6 socket reports ``(host, port, 0, scope_id)``
+    (Linux always zeroes the flow label there), with the host in its canonical
+    text form and an IPv4 peer of a dual-stack socket as ``::ffff:a.b.c.d``.
+    Numeric hosts only: no name is ever resolved. Raises ``OSError`` for a
+    host that is no address of ``family``.
+    """
+    flags = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
+    if family == socket.AF_INET6:
+        flags |= socket.AI_V4MAPPED
+    info = socket.getaddrinfo(address[0], address[1], family, socket.SOCK_DGRAM, 0, flags)
+    native: tuple[Any, ...] = info[0][4]
+    return native
+
+
+def as_sockets(udp: object | Sequence[object]) -> tuple[Any, ...]:
+    """One socket or a sequence of them, as a tuple (callers with one socket stay unchanged)."""
+    if isinstance(udp, (list, tuple)):
+        if not udp:
+            raise ValueError("the data plane needs at least one UDP socket")
+        return tuple(udp)
+    return (udp,)
 
 
 def enable_udp_offloads(udp: socket.socket) -> bool:
@@ -95,15 +134,20 @@ class Worker:
     def __init__(
         self,
         tun_fd: int,
-        udp: socket.socket,
+        udp: socket.socket | Sequence[socket.socket],
         control: socket.socket,
         *,
         exit_on_close: bool,
         tun_offload: bool = False,
+        mss_clamp_mtu: int | None = None,
     ) -> None:
         self.tun_fd = tun_fd
         self.tun_offload = tun_offload
-        self.udp = udp
+        self.sockets: tuple[socket.socket, ...] = as_sockets(udp)
+        self.udp = self.sockets[0]
+        # 0 turns clamping off: the packet loops test it before anything else.
+        self.max_mss_v4 = max_mss_for_mtu(mss_clamp_mtu, 4) if mss_clamp_mtu else 0
+        self.max_mss_v6 = max_mss_for_mtu(mss_clamp_mtu, 6) if mss_clamp_mtu else 0
         self.control = control
         self.exit_on_close = exit_on_close
         self.stopping = False
@@ -165,8 +209,8 @@ class Worker:
                 self._remove_inbound(spi)
             case RemovePeer(peer_id):
                 self._remove_peer(peer_id)
-            case SetPeerAddress(peer_id, address):
-                self._set_peer_address(peer_id, address)
+            case SetPeerAddress(peer_id, address, local_socket):
+                self._set_peer_address(peer_id, address, local_socket)
             case RequestCounters(token):
                 self._notify(self._counters(token))
             case _:
@@ -181,8 +225,13 @@ class Worker:
     def _remove_peer(self, peer_id: int) -> None:
         raise NotImplementedError
 
-    def _set_peer_address(self, peer_id: int, address: PeerAddress) -> None:
+    def _set_peer_address(self, peer_id: int, address: PeerAddress, local_socket: int) -> None:
         raise NotImplementedError
+
+    def _native_address(self, address: PeerAddress, local_socket: int) -> tuple[Any, ...]:
+        """The peer's address as socket ``local_socket`` reports sources (checked by the
+        control plane before the command was sent, so this does not fail here)."""
+        return native_address(self.sockets[local_socket].family, address)
 
     def _expired_housekeeping(self) -> None:
         """Periodic checks that must stay off the packet loop."""

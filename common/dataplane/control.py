@@ -7,10 +7,17 @@ packet work, one per direction, as separate processes (``mode="process"``,
 the real thing: each gets a core's worth of Python) or as threads of this
 process (``mode="thread"``, for in-process tests with an in-memory TUN).
 
-The control plane owns the UDP socket and may send IKE on it (``send_ike``)
-but must never read it: the inbound worker does, and hands IKE datagrams
-up through ``ike_fd``/``read_ike``. Event sockets are plain file descriptors
-so an asyncio control plane can watch them with ``loop.add_reader``.
+The control plane owns the UDP sockets (one for a client; one per listening
+address and family for a concentrator, all RFC 3948 port-4500 sockets) and
+may send IKE on them (``send_ike``) but must never read them: the inbound
+worker does, and hands IKE datagrams up through ``ike_fd``/``read_ike``,
+each tagged with the socket it arrived on so the answer leaves from the
+address the peer sent to. Event sockets are plain file descriptors so an
+asyncio control plane can watch them with ``loop.add_reader``.
+
+TCP MSS clamping is on when the control plane gives the TUN MTU
+(``mss_clamp_mtu``); ``DataPlane`` cannot know that MTU itself, so the
+default here is off and the services turn it on (issue 4: on by default).
 """
 
 from __future__ import annotations
@@ -24,11 +31,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from common.dataplane.base import enable_udp_offloads
+from common.dataplane.base import as_sockets, enable_udp_offloads, native_address
 from common.dataplane.channel import channel_pair, receive_message, send_message
 from common.dataplane.inbound import InboundWorker
 from common.dataplane.messages import (
@@ -86,24 +94,34 @@ class DataPlane:
     def __init__(
         self,
         tun_fd: int,
-        udp: socket.socket,
+        udp: socket.socket | Sequence[socket.socket],
         *,
         mode: Mode = "process",
         tun_offload: bool = False,
         socket_buffer_bytes: int = 4 << 20,
+        mss_clamp_mtu: int | None = None,
     ) -> None:
         """Prepare (not start) the workers.
 
         Args:
             tun_fd: the TUN descriptor, read by the outbound worker and written by the inbound.
-            udp: the bound port-4500 socket both workers share.
+            udp: the bound port-4500 socket both workers share, or several
+                (IPv4 and IPv6, several addresses); ``SaPair.local_socket``,
+                ``IkeDatagram.local_socket`` and ``send_ike`` name them by index.
             mode: worker processes (the real thing) or threads (in-process tests).
             tun_offload: the TUN was opened with virtio-net headers and TCP offloads.
             socket_buffer_bytes: UDP send/receive buffers; bursts of a fast TCP
                 flow overflow the default ~200 KiB and each loss halves its window.
+            mss_clamp_mtu: the TUN's MTU, to clamp the MSS of TCP SYNs crossing
+                the tunnel (either way) to ``mtu - 40`` (IPv4) / ``mtu - 60``
+                (IPv6); ``None`` leaves SYNs alone. One value for the plane:
+                the TUN has one MTU, computed from the largest-overhead suite
+                (``common.esp.suites.tunnel_mtu``).
         """
         self.tun_fd = tun_fd
-        self.udp = udp
+        self.sockets: tuple[socket.socket, ...] = as_sockets(udp)
+        self.udp = self.sockets[0]  # the only one of a client
+        self.mss_clamp_mtu = mss_clamp_mtu
         self.mode = mode
         self.tun_offload = tun_offload
         self.socket_buffer_bytes = socket_buffer_bytes
@@ -155,19 +173,21 @@ class DataPlane:
                     self._pending.append(event)
 
     def _tune_socket(self) -> None:
-        for force, plain in (
-            (SO_RCVBUFFORCE, socket.SO_RCVBUF),
-            (SO_SNDBUFFORCE, socket.SO_SNDBUF),
-        ):
-            try:  # the FORCE variants pass net.core.*mem_max, with CAP_NET_ADMIN
-                self.udp.setsockopt(socket.SOL_SOCKET, force, self.socket_buffer_bytes)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    self.udp.setsockopt(socket.SOL_SOCKET, plain, self.socket_buffer_bytes)
-        enable_udp_offloads(self.udp)
+        for udp in self.sockets:
+            for force, plain in (
+                (SO_RCVBUFFORCE, socket.SO_RCVBUF),
+                (SO_SNDBUFFORCE, socket.SO_SNDBUF),
+            ):
+                try:  # the FORCE variants pass net.core.*mem_max, with CAP_NET_ADMIN
+                    udp.setsockopt(socket.SOL_SOCKET, force, self.socket_buffer_bytes)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        udp.setsockopt(socket.SOL_SOCKET, plain, self.socket_buffer_bytes)
+            enable_udp_offloads(udp)
 
     def _spawn_process(self, role: str, control: socket.socket, ike: socket.socket) -> None:
-        fds = (self.tun_fd, self.udp.fileno(), control.fileno(), ike.fileno())
+        udp_fds = [udp.fileno() for udp in self.sockets]
+        fds = (self.tun_fd, *udp_fds, control.fileno(), ike.fileno())
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
         self._processes.append(
@@ -177,8 +197,12 @@ class DataPlane:
                     "-m",
                     "common.dataplane.worker",
                     role,
-                    *map(str, fds),
+                    str(self.tun_fd),
+                    ",".join(map(str, udp_fds)),
+                    str(control.fileno()),
+                    str(ike.fileno()),
                     "offload" if self.tun_offload else "plain",
+                    str(self.mss_clamp_mtu or 0),
                 ],
                 pass_fds=fds,
                 env=env,
@@ -191,15 +215,21 @@ class DataPlane:
         if role == "inbound":
             worker = InboundWorker(
                 self.tun_fd,
-                self.udp,
+                self.sockets,
                 control,
                 ike,
                 exit_on_close=False,
                 tun_offload=self.tun_offload,
+                mss_clamp_mtu=self.mss_clamp_mtu,
             )
         else:
             worker = OutboundWorker(
-                self.tun_fd, self.udp, control, exit_on_close=False, tun_offload=self.tun_offload
+                self.tun_fd,
+                self.sockets,
+                control,
+                exit_on_close=False,
+                tun_offload=self.tun_offload,
+                mss_clamp_mtu=self.mss_clamp_mtu,
             )
         thread = threading.Thread(target=worker.run, name=f"dataplane-{role}", daemon=True)
         thread.start()
@@ -237,8 +267,9 @@ class DataPlane:
     def _wake_threads(self) -> None:
         # Thread mode runs on socket-backed fakes: shutting the sockets down
         # returns the blocked reads with b"" and the loops see ``stopping``.
-        with contextlib.suppress(OSError):
-            self.udp.shutdown(socket.SHUT_RD)
+        for udp in self.sockets:
+            with contextlib.suppress(OSError):
+                udp.shutdown(socket.SHUT_RD)
         with contextlib.suppress(OSError):
             tun = socket.socket(fileno=os.dup(self.tun_fd))
             with contextlib.suppress(OSError):
@@ -251,7 +282,10 @@ class DataPlane:
         """Install both halves; returns once both workers use them.
 
         Inbound first, so replies to our first packet can already be decrypted.
+        Raises ``ValueError`` (and installs nothing) for a ``local_socket``
+        that is not one of ours or a peer address that socket cannot reach.
         """
+        self._check_endpoint(pair.peer_address, pair.local_socket)
         self._apply(("inbound",), InstallSa(pair))
         self._apply(("outbound",), InstallSa(pair))
 
@@ -261,8 +295,23 @@ class DataPlane:
     def remove_peer(self, peer_id: int) -> None:
         self._apply(ROLES, RemovePeer(peer_id))
 
-    def set_peer_address(self, peer_id: int, address: PeerAddress) -> None:
-        self._apply(ROLES, SetPeerAddress(peer_id, address))
+    def set_peer_address(self, peer_id: int, address: PeerAddress, local_socket: int = 0) -> None:
+        """Send to the peer at ``address`` from socket ``local_socket`` (``PeerAddressChanged``)."""
+        self._check_endpoint(address, local_socket)
+        self._apply(ROLES, SetPeerAddress(peer_id, address, local_socket))
+
+    def _check_endpoint(self, address: PeerAddress, local_socket: int) -> None:
+        """Refuse here what would otherwise fail inside a worker's control thread."""
+        if not 0 <= local_socket < len(self.sockets):
+            raise ValueError(
+                f"local socket {local_socket} does not exist ({len(self.sockets)} given)"
+            )
+        try:
+            native_address(self.sockets[local_socket].family, address)
+        except (OSError, TypeError, IndexError) as error:
+            raise ValueError(
+                f"{address!r} is not an address socket {local_socket} can send to"
+            ) from error
 
     def _apply(
         self,
@@ -283,9 +332,13 @@ class DataPlane:
                 else:
                     self._pending.append(message)
 
-    def send_ike(self, message: bytes, address: PeerAddress) -> None:
-        """Send an IKE message from port 4500 (RFC 3948 non-ESP marker prepended)."""
-        self.udp.sendto(frame_ike(message), address)
+    def send_ike(self, message: bytes, address: PeerAddress, local_socket: int = 0) -> None:
+        """Send an IKE message from port 4500 (RFC 3948 non-ESP marker prepended).
+
+        ``local_socket``: the socket the request came in on (``IkeDatagram.local_socket``),
+        so the answer leaves from the address the peer sent to.
+        """
+        self.sockets[local_socket].sendto(frame_ike(message), address)
 
     def _check_running(self) -> None:
         if not self._started:

@@ -2,18 +2,35 @@ r"""The inbound worker: UDP -> ESP -> TUN.
 
 Flow::
 
-    UDP recvmsg (GRO: several datagrams per call) --> first four octets as SPI
+    [poll, with several sockets] UDP recvmsg (GRO: several datagrams per call)
+      --> first four octets as SPI
       |--> dict hit: ESP --> decapsulate (replay, ICV, trailer)
       |      --> inner source allowed for this SA? (RFC 4301 5.2)
-      |      --> new outer address? report it up --> TUN write (coalesced with offloads)
-      \--> miss: RFC 3948 classify: IKE up to the control plane, keepalive
-             absorbed, unknown SPI or junk counted
+      |      --> TCP SYN? clamp its MSS (before coalescing: SYNs are never merged)
+      |      --> new outer address or socket? report it up
+      |      --> TUN write (coalesced with offloads)
+      \--> miss: RFC 3948 classify: IKE up to the control plane (tagged with
+             the socket it came in on), keepalive absorbed, unknown SPI or junk counted
+
+Several sockets are read by this one thread, not a thread per socket: two
+threads could then decapsulate for one SA at once (a datagram replayed to
+our other address), and the replay window's check-then-update is not atomic
+between bytecodes. With one socket the loop blocks in ``recvmsg`` alone, as
+it always did; with several, a level-triggered ``poll`` names the readable
+ones and each gets one ``recvmsg`` (which returns at once: this thread is its
+only reader), so no ``EAGAIN`` exception ever drives the loop. UDP GRO hands
+over up to 64 datagrams per ``recvmsg``, which spreads the extra system call.
+The sources such a receive reports are tagged ``(socket index, address)``, and
+so are the SAs' peers, so the loop itself is the same for one socket or many.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import socket
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from common.dataplane.base import (
     MAX_SUPER_PACKET,
@@ -35,19 +52,25 @@ from common.dataplane.prefixmap import PrefixMap, parse_network
 from common.esp.natt import NON_ESP_MARKER, DatagramKind, classify, unframe_ike
 from common.esp.sa import Drop, InboundSa
 from common.esp.suites import suite_by_name
+from common.wire.mss import clamp_mss
 from common.wire.offload import coalesce
+
+_Received = tuple[bytes, list[tuple[int, int, bytes]], int, Any]
+_Receive = Callable[[int, int], _Received]
 
 
 class _InboundEntry:
-    __slots__ = ("address", "allowed", "peer_id", "sa")
+    __slots__ = ("allowed", "peer_id", "sa", "source")
 
     def __init__(
-        self, sa: InboundSa, peer_id: int, allowed: PrefixMap[bool], address: PeerAddress
+        self, sa: InboundSa, peer_id: int, allowed: PrefixMap[bool], source: tuple[Any, ...]
     ) -> None:
         self.sa = sa
         self.peer_id = peer_id
         self.allowed = allowed
-        self.address = address
+        # The peer as the packet loop receives sources (``InboundWorker._source``),
+        # so spotting a move costs one tuple comparison per packet.
+        self.source = source
 
 
 class InboundWorker(Worker):
@@ -58,15 +81,24 @@ class InboundWorker(Worker):
     def __init__(
         self,
         tun_fd: int,
-        udp: socket.socket,
+        udp: socket.socket | Sequence[socket.socket],
         control: socket.socket,
         ike: socket.socket,
         *,
         exit_on_close: bool,
         tun_offload: bool = False,
+        mss_clamp_mtu: int | None = None,
     ) -> None:
-        super().__init__(tun_fd, udp, control, exit_on_close=exit_on_close, tun_offload=tun_offload)
+        super().__init__(
+            tun_fd,
+            udp,
+            control,
+            exit_on_close=exit_on_close,
+            tun_offload=tun_offload,
+            mss_clamp_mtu=mss_clamp_mtu,
+        )
         self.ike = ike
+        self.local_addresses: list[PeerAddress] = [sock.getsockname()[:2] for sock in self.sockets]
         self.sas: dict[bytes, _InboundEntry] = {}
         self.keepalives = 0
         self.ike_datagrams = 0
@@ -77,15 +109,16 @@ class InboundWorker(Worker):
         Decrypted packets of one receive are written together, coalesced into
         TCP super packets when the TUN has offloads (``coalesce``).
         """
-        recvmsg = self.udp.recvmsg
+        recvmsg = self.udp.recvmsg if len(self.sockets) == 1 else self._poll_receiver()
         write = os.write
         tun = self.tun_fd
         sas = self.sas
         drops = self.drops
         offload = self.tun_offload
+        max_mss_v4, max_mss_v6 = self.max_mss_v4, self.max_mss_v6
         control_space = socket.CMSG_SPACE(4)
         while True:
-            data, ancillary, _flags, address = recvmsg(MAX_SUPER_PACKET, control_space)
+            data, ancillary, _flags, source = recvmsg(MAX_SUPER_PACKET, control_space)
             if not data:
                 if self.stopping:
                     return
@@ -100,26 +133,32 @@ class InboundWorker(Worker):
             for datagram in datagrams:
                 entry = sas.get(datagram[:4])
                 if entry is None:
-                    self._on_other_datagram(datagram, address)
+                    self._on_other_datagram(datagram, source)
                     continue
                 inner = entry.sa.decapsulate(datagram)
                 if not isinstance(inner, bytes):
                     continue  # counted by the SA, by reason
+                # A SYN is clamped before the source check: a spoofed one is dropped
+                # all the same, and the common case (not TCP) pays one comparison.
                 if inner[0] >> 4 == 4:
                     if len(inner) < 20:
                         drops[WorkerDrop.MALFORMED_INNER] += 1
                         continue
-                    source = inner[12:16]
+                    source_address = inner[12:16]
+                    if inner[9] == 6 and max_mss_v4:
+                        inner = clamp_mss(inner, max_mss_v4)
                 else:  # decapsulate guarantees 4 or 6
                     if len(inner) < 40:
                         drops[WorkerDrop.MALFORMED_INNER] += 1
                         continue
-                    source = inner[8:24]
-                if entry.allowed.lookup(source) is None:
+                    source_address = inner[8:24]
+                    if inner[6] == 6 and max_mss_v6:
+                        inner = clamp_mss(inner, max_mss_v6)
+                if entry.allowed.lookup(source_address) is None:
                     drops[WorkerDrop.SPOOFED_SOURCE] += 1
                     continue
-                if address != entry.address:
-                    self._on_peer_moved(entry, address)
+                if source != entry.source:
+                    self._on_peer_moved(entry, source)
                 delivered.append(inner)
             if not delivered:
                 continue
@@ -133,12 +172,50 @@ class InboundWorker(Worker):
             except OSError:
                 drops[WorkerDrop.TUN_WRITE_FAILED] += 1
 
-    def _on_other_datagram(self, data: bytes, address: PeerAddress) -> None:
+    def _poll_receiver(self) -> _Receive:
+        """A ``recvmsg`` over all sockets whose source is ``(socket index, address)``.
+
+        So the packet loop stays the same for one socket and for several, and
+        compares the tagged source with the SA's (``_source``) in one go.
+        """
+        poller = select.poll()
+        by_fd: dict[int, tuple[int, _Receive]] = {}
+        for index, sock in enumerate(self.sockets):
+            poller.register(sock, select.POLLIN)
+            by_fd[sock.fileno()] = (index, sock.recvmsg)
+        poll = poller.poll
+        ready: list[tuple[int, _Receive]] = []
+
+        def receive(size: int, control_space: int) -> _Received:
+            if not ready:
+                # Blocks until one is readable; each gets one recvmsg per round (fair).
+                ready.extend(by_fd[fd] for fd, _events in poll())
+            index, recvmsg = ready.pop()
+            data, ancillary, flags, address = recvmsg(size, control_space)
+            return data, ancillary, flags, (index, address)
+
+        return receive
+
+    def _source(self, address: PeerAddress, local_socket: int) -> tuple[Any, ...]:
+        """An SA's peer as the packet loop sees sources: tagged with the socket if several."""
+        native = self._native_address(address, local_socket)
+        return native if len(self.sockets) == 1 else (local_socket, native)
+
+    def _split_source(self, source: tuple[Any, ...]) -> tuple[int, PeerAddress]:
+        """(socket index, (host, port)) of a source as the packet loop received it."""
+        if len(self.sockets) == 1:
+            return 0, (source[0], source[1])
+        index, address = source
+        return index, (address[0], address[1])
+
+    def _on_other_datagram(self, data: bytes, source: tuple[Any, ...]) -> None:
         kind = classify(data)
         if kind is DatagramKind.KEEPALIVE:
             self.keepalives += 1  # RFC 3948 2.3: absorbed, only keeps NAT state alive
         elif kind is DatagramKind.IKE:
-            if send_message(self.ike, IkeDatagram(unframe_ike(data), address), block=False):
+            index, address = self._split_source(source)
+            ike = IkeDatagram(unframe_ike(data), address, index, self.local_addresses[index])
+            if send_message(self.ike, ike, block=False):
                 self.ike_datagrams += 1
             else:
                 self.drops[WorkerDrop.IKE_QUEUE_FULL] += 1
@@ -147,11 +224,12 @@ class InboundWorker(Worker):
         else:
             self.drops[WorkerDrop.MALFORMED_DATAGRAM] += 1
 
-    def _on_peer_moved(self, entry: _InboundEntry, address: PeerAddress) -> None:
+    def _on_peer_moved(self, entry: _InboundEntry, source: tuple[Any, ...]) -> None:
         # Reported once per change; the control plane decides whether to follow
         # (RFC 7296 2.23) and moves the outbound side.
-        entry.address = address
-        self._notify(PeerAddressChanged(entry.peer_id, entry.sa.spi, address))
+        entry.source = source
+        index, address = self._split_source(source)
+        self._notify(PeerAddressChanged(entry.peer_id, entry.sa.spi, address, index))
 
     def _install(self, pair: SaPair) -> None:
         sa = InboundSa(
@@ -164,9 +242,8 @@ class InboundWorker(Worker):
         allowed: PrefixMap[bool] = PrefixMap()
         for network in pair.inner_networks:
             allowed.add(parse_network(network), True)
-        self.sas[sa.spi.to_bytes(4, "big")] = _InboundEntry(
-            sa, pair.peer_id, allowed, pair.peer_address
-        )
+        source = self._source(pair.peer_address, pair.local_socket)
+        self.sas[sa.spi.to_bytes(4, "big")] = _InboundEntry(sa, pair.peer_id, allowed, source)
 
     def _remove_inbound(self, spi: int) -> None:
         entry = self.sas.pop(spi.to_bytes(4, "big"), None)
@@ -185,10 +262,11 @@ class InboundWorker(Worker):
                 del self.sas[key]
                 self._retire(entry.sa)
 
-    def _set_peer_address(self, peer_id: int, address: PeerAddress) -> None:
+    def _set_peer_address(self, peer_id: int, address: PeerAddress, local_socket: int) -> None:
+        source = self._source(address, local_socket)
         for entry in list(self.sas.values()):
             if entry.peer_id == peer_id:
-                entry.address = address
+                entry.source = source
 
     def _counters(self, token: int) -> CountersReport:
         sas = tuple(

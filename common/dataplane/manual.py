@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-offload", action="store_true", help="plain TUN: no TCP segmentation offloads"
     )
+    parser.add_argument(
+        "--no-mss-clamp",
+        action="store_true",
+        help="leave the MSS of TCP SYNs alone (default: clamp to what fits the TUN MTU)",
+    )
     return parser
 
 
@@ -128,7 +133,13 @@ def _serve(
     path_mtu: int,
     mtu: int,
 ) -> int:
-    plane = DataPlane(tun_fd, udp, mode=args.mode, tun_offload=tun_offload)
+    plane = DataPlane(
+        tun_fd,
+        udp,
+        mode=args.mode,
+        tun_offload=tun_offload,
+        mss_clamp_mtu=None if args.no_mss_clamp else mtu,
+    )
     plane.start()
     plane.install_sa(
         SaPair(

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-PeerAddress = tuple[str, int]  # outer (host, port), as the UDP socket sees it
+# An outer (host, port), as the UDP socket sees it. IPv6 sockets report 4-tuples;
+# the workers trim them to (host, port) before anything leaves a worker (a
+# link-local host keeps its "%scope" suffix, so nothing is lost) and widen
+# installed ones back to the socket's own form at install time.
+PeerAddress = tuple[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +26,13 @@ class SaPair:
     route to the peer (outbound) and the only sources we accept from it
     (inbound anti-spoof). For a concentrator that is the leased address; for a
     client, the office subnets (or 0.0.0.0/0 in full tunnel).
+
+    ``local_socket`` is the index, in the sequence of UDP sockets the data
+    plane was given, of the socket the peer talks to (the one its IKE
+    datagrams arrived on, ``IkeDatagram.local_socket``): ESP to the peer
+    leaves from it, so the peer sees replies from the address it sent to.
+    ``peer_address`` must be of that socket's family (an IPv4 peer on a
+    dual-stack IPv6 socket may be given as ``1.2.3.4`` or ``::ffff:1.2.3.4``).
     """
 
     peer_id: int
@@ -35,6 +46,7 @@ class SaPair:
     esn: bool = False
     replay_window: int = 4096
     soft_seq_limit: int | None = None
+    local_socket: int = 0
 
 
 # -- control plane -> worker ------------------------------------------------
@@ -63,10 +75,11 @@ class RemovePeer:
 
 @dataclass(frozen=True, slots=True)
 class SetPeerAddress:
-    """Follow the peer to a new outer address (NAT rebinding, RFC 7296 2.23)."""
+    """Follow the peer to a new address (NAT rebinding, RFC 7296 2.23), from ``local_socket``."""
 
     peer_id: int
     address: PeerAddress
+    local_socket: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,11 +136,12 @@ class RekeyNeeded:
 
 @dataclass(frozen=True, slots=True)
 class PeerAddressChanged:
-    """An authenticated ESP packet came from a new outer address."""
+    """An authenticated ESP packet came from a new outer address, or to another of our sockets."""
 
     peer_id: int
     spi: int
     address: PeerAddress
+    local_socket: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +163,16 @@ Event = CountersReport | RekeyNeeded | PeerAddressChanged | WorkerReady | Worker
 
 @dataclass(frozen=True, slots=True)
 class IkeDatagram:
-    """An IKE message that arrived on the shared port-4500 socket (non-ESP marker removed)."""
+    """An IKE message that arrived on a port-4500 socket (non-ESP marker removed).
+
+    ``local_socket`` says which of the data plane's sockets it arrived on
+    (answer with ``DataPlane.send_ike(..., local_socket=...)`` and install the
+    Child SA with the same ``SaPair.local_socket``), ``local`` that socket's
+    bound address (what NAT_DETECTION_DESTINATION_IP hashes, RFC 7296 2.23,
+    when the socket is bound to one address rather than the wildcard).
+    """
 
     data: bytes
     address: PeerAddress
+    local_socket: int = 0
+    local: PeerAddress | None = None

@@ -4,14 +4,22 @@ Flow::
 
     TUN read (one packet, or a TCP super packet split by ``segment``)
       --> inner destination --> peer (PrefixMap, longest prefix)
+      --> TCP SYN? clamp its MSS
       --> peer's current OutboundSa.encapsulate
-      --> UDP sendto, or one UDP GSO sendmsg for a super packet's segments
+      --> UDP sendto, or one UDP GSO sendmsg for a super packet's segments,
+          from the socket the peer talks to (``SaPair.local_socket``)
+
+The MSS clamp runs after ``segment``: a SYN is never a super packet, but with
+offloads it may come with a partial checksum (``VIRTIO_NET_HDR_F_NEEDS_CSUM``)
+that ``segment`` completes, and the RFC 1624 update needs the complete one.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
+from typing import Any
 
 from common.dataplane.base import (
     GSO_MAX_BYTES,
@@ -33,16 +41,21 @@ from common.dataplane.messages import (
 from common.dataplane.prefixmap import IpNetwork, PrefixMap, parse_network
 from common.esp.sa import DROP_COUNT, Drop, OutboundSa
 from common.esp.suites import suite_by_name
+from common.wire.mss import clamp_mss
 from common.wire.offload import segment
+
+_Endpoint = tuple[socket.socket, tuple[Any, ...]]
 
 
 class _OutboundPeer:
-    __slots__ = ("address", "esp_drops", "networks", "peer_id", "rekey_reported", "sa")
+    __slots__ = ("endpoint", "esp_drops", "networks", "peer_id", "rekey_reported", "sa")
 
-    def __init__(self, peer_id: int, sa: OutboundSa, address: PeerAddress) -> None:
+    def __init__(self, peer_id: int, sa: OutboundSa, endpoint: _Endpoint) -> None:
         self.peer_id = peer_id
         self.sa = sa
-        self.address = address
+        # (our socket, the peer's address as that socket takes it), swapped as one
+        # reference so the packet thread never pairs a socket with the other family's address.
+        self.endpoint = endpoint
         self.networks: list[IpNetwork] = []
         self.rekey_reported = False
         self.esp_drops = [0] * DROP_COUNT
@@ -56,13 +69,21 @@ class OutboundWorker(Worker):
     def __init__(
         self,
         tun_fd: int,
-        udp: socket.socket,
+        udp: socket.socket | Sequence[socket.socket],
         control: socket.socket,
         *,
         exit_on_close: bool,
         tun_offload: bool = False,
+        mss_clamp_mtu: int | None = None,
     ) -> None:
-        super().__init__(tun_fd, udp, control, exit_on_close=exit_on_close, tun_offload=tun_offload)
+        super().__init__(
+            tun_fd,
+            udp,
+            control,
+            exit_on_close=exit_on_close,
+            tun_offload=tun_offload,
+            mss_clamp_mtu=mss_clamp_mtu,
+        )
         self.peers: dict[int, _OutboundPeer] = {}
         self.routes: PrefixMap[_OutboundPeer] = PrefixMap()
 
@@ -78,6 +99,7 @@ class OutboundWorker(Worker):
         lookup = self.routes.lookup
         drops = self.drops
         offload = self.tun_offload
+        max_mss_v4, max_mss_v6 = self.max_mss_v4, self.max_mss_v6
         while True:
             buffer = read(tun, MAX_SUPER_PACKET)
             if not buffer:
@@ -90,15 +112,24 @@ class OutboundWorker(Worker):
                 continue
             first = packets[0]
             version = first[0] >> 4
+            # A route found means the address was all there: at least 20 (40) octets.
+            # The segments of a super packet are never SYNs: the first one suffices.
             if version == 4:
                 peer = lookup(first[16:20])
+                if peer is None:
+                    drops[WorkerDrop.NO_ROUTE] += 1
+                    continue
+                if first[9] == 6 and max_mss_v4:
+                    packets[0] = clamp_mss(first, max_mss_v4)
             elif version == 6:
                 peer = lookup(first[24:40])
+                if peer is None:
+                    drops[WorkerDrop.NO_ROUTE] += 1
+                    continue
+                if first[6] == 6 and max_mss_v6:
+                    packets[0] = clamp_mss(first, max_mss_v6)
             else:
                 drops[WorkerDrop.NOT_IP] += 1
-                continue
-            if peer is None:
-                drops[WorkerDrop.NO_ROUTE] += 1
                 continue
             encapsulate = peer.sa.encapsulate
             batch: list[bytes] = []
@@ -109,13 +140,14 @@ class OutboundWorker(Worker):
                 else:
                     peer.esp_drops[esp] += 1
             if batch:
-                self._send_batch(batch, peer.address)
+                self._send_batch(batch, peer)
 
-    def _send_batch(self, batch: list[bytes], address: PeerAddress) -> None:
+    def _send_batch(self, batch: list[bytes], peer: _OutboundPeer) -> None:
         """UDP GSO (``UDP_SEGMENT``): equal-sized datagrams but the last, in one system call."""
+        udp, address = peer.endpoint
         try:
             if len(batch) == 1:
-                self.udp.sendto(batch[0], address)
+                udp.sendto(batch[0], address)
                 return
             size = len(batch[0])
             per_call = max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size))
@@ -123,10 +155,10 @@ class OutboundWorker(Worker):
                 chunk = batch[start : start + per_call]
                 if all(len(esp) == size for esp in chunk[:-1]) and len(chunk[-1]) <= size:
                     control = [(socket.SOL_UDP, UDP_SEGMENT, U16_NATIVE.pack(size))]
-                    self.udp.sendmsg(chunk, control, 0, address)
+                    udp.sendmsg(chunk, control, 0, address)
                 else:
                     for esp in chunk:
-                        self.udp.sendto(esp, address)
+                        udp.sendto(esp, address)
         except OSError:
             self.drops[WorkerDrop.SEND_FAILED] += 1
 
@@ -138,14 +170,15 @@ class OutboundWorker(Worker):
             esn=pair.esn,
             soft_limit=pair.soft_seq_limit,
         )
+        endpoint = self._endpoint(pair.peer_address, pair.local_socket)
         peer = self.peers.get(pair.peer_id)
         if peer is None:
-            peer = _OutboundPeer(pair.peer_id, sa, pair.peer_address)
+            peer = _OutboundPeer(pair.peer_id, sa, endpoint)
             self.peers[pair.peer_id] = peer
         else:
             self._retire(peer.sa)
             peer.sa = sa  # make before break: the next packet uses the new SA
-            peer.address = pair.peer_address
+            peer.endpoint = endpoint
             peer.rekey_reported = False
         networks = [parse_network(n) for n in pair.inner_networks]
         for stale in peer.networks:
@@ -169,10 +202,13 @@ class OutboundWorker(Worker):
         for reason in Drop:
             self.retired_esp_drops[reason] += peer.esp_drops[reason]
 
-    def _set_peer_address(self, peer_id: int, address: PeerAddress) -> None:
+    def _set_peer_address(self, peer_id: int, address: PeerAddress, local_socket: int) -> None:
         peer = self.peers.get(peer_id)
         if peer is not None:
-            peer.address = address
+            peer.endpoint = self._endpoint(address, local_socket)
+
+    def _endpoint(self, address: PeerAddress, local_socket: int) -> _Endpoint:
+        return self.sockets[local_socket], self._native_address(address, local_socket)
 
     def _expired_housekeeping(self) -> None:
         for peer in list(self.peers.values()):

@@ -15,30 +15,47 @@ from common.dataplane.outbound import OutboundWorker
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Process entry: ``python -m common.dataplane.worker ROLE TUN UDP CONTROL IKE [offload]``.
+    """Process entry: ``python -m common.dataplane.worker ROLE TUN UDP[,UDP...] CONTROL IKE
+    offload|plain [MSS_CLAMP_MTU]``.
 
     File descriptors are inherited from the control plane (``pass_fds``), so
-    a worker opens nothing itself and needs no privilege of its own.
+    a worker opens nothing itself and needs no privilege of its own. Several
+    UDP descriptors, comma-separated, keep the order of ``SaPair.local_socket``.
     """
     import signal
     import sys
 
     args = sys.argv[1:] if argv is None else argv
-    role, tun_fd, udp_fd, control_fd, ike_fd = args[0], *map(int, args[1:5])
+    role, tun_fd, control_fd, ike_fd = args[0], int(args[1]), int(args[3]), int(args[4])
+    udp_fds = [int(fd) for fd in args[2].split(",")]
     tun_offload = len(args) > 5 and args[5] == "offload"
+    mss_clamp_mtu = int(args[6]) if len(args) > 6 and int(args[6]) > 0 else None
     # Ctrl-C and group-wide SIGTERMs (timeout, systemd) reach us too; the control
     # plane decides when we stop (closing the channel), after reading final counters.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    udp = socket.socket(fileno=udp_fd)
+    sockets = [socket.socket(fileno=fd) for fd in udp_fds]
     control = socket.socket(fileno=control_fd)
     worker: Worker
     if role == "outbound":
-        worker = OutboundWorker(tun_fd, udp, control, exit_on_close=True, tun_offload=tun_offload)
+        worker = OutboundWorker(
+            tun_fd,
+            sockets,
+            control,
+            exit_on_close=True,
+            tun_offload=tun_offload,
+            mss_clamp_mtu=mss_clamp_mtu,
+        )
     elif role == "inbound":
         ike = socket.socket(fileno=ike_fd)
         worker = InboundWorker(
-            tun_fd, udp, control, ike, exit_on_close=True, tun_offload=tun_offload
+            tun_fd,
+            sockets,
+            control,
+            ike,
+            exit_on_close=True,
+            tun_offload=tun_offload,
+            mss_clamp_mtu=mss_clamp_mtu,
         )
     else:
         raise SystemExit(f"unknown worker role {role!r}")

@@ -34,11 +34,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from scapy.compat import raw
 from scapy.layers.inet import IP, TCP
-from scapy.packet import Raw
+from scapy.layers.inet6 import IPv6
+from scapy.packet import Packet, Raw
 
 from common.dataplane.control import DataPlane, DataPlaneCounters, DataPlaneError
 from common.dataplane.messages import (
@@ -69,19 +71,41 @@ PLAIN_VNET_HDR = bytes(VIRTIO_NET_HDR.size)
 
 
 class Side:
-    """One tunnel end: a thread-mode ``DataPlane``, the kernel's end of its TUN, its UDP socket."""
+    """One tunnel end: a thread-mode ``DataPlane``, the kernel's end of its TUN, its UDP socket
+    (or one per ``listen`` address: a concentrator on IPv4 and IPv6)."""
 
-    def __init__(self, *, tun_offload: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        tun_offload: bool = False,
+        mss_clamp_mtu: int | None = None,
+        listen: tuple[str, ...] = ("127.0.0.1",),
+    ) -> None:
         self.kernel, self._tun = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.kernel.settimeout(RECV_TIMEOUT_S)
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind(("127.0.0.1", 0))
-        self.dp = DataPlane(self._tun.fileno(), self.udp, mode="thread", tun_offload=tun_offload)
+        self.sockets = []
+        for host in listen:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.bind((host, 0))
+            self.sockets.append(sock)
+        self.udp = self.sockets[0]
+        self.dp = DataPlane(
+            self._tun.fileno(),
+            self.udp if len(self.sockets) == 1 else self.sockets,
+            mode="thread",
+            tun_offload=tun_offload,
+            mss_clamp_mtu=mss_clamp_mtu,
+        )
         self.dp.start()
 
     @property
     def address(self) -> PeerAddress:
-        host, port = self.udp.getsockname()
+        return self.address_of(0)
+
+    def address_of(self, index: int) -> PeerAddress:
+        """(host, port) of the data plane's socket ``index``."""
+        host, port = self.sockets[index].getsockname()[:2]
         return host, port
 
     def route_in(self, packet: bytes) -> None:
@@ -103,7 +127,7 @@ class Side:
 
     def close(self) -> None:
         self.dp.stop()
-        for sock in (self.kernel, self._tun, self.udp):
+        for sock in (self.kernel, self._tun, *self.sockets):
             sock.close()
 
 
@@ -111,7 +135,7 @@ class Side:
 def make_side() -> Iterator[Callable[..., Side]]:
     made: list[Side] = []
 
-    def make(**options: bool) -> Side:
+    def make(**options: Any) -> Side:
         side = Side(**options)
         made.append(side)
         return side
@@ -350,7 +374,7 @@ def test_port_4500_datagrams_are_told_apart(
 
     readable, _, _ = select.select([b.dp.ike_fd], [], [], RECV_TIMEOUT_S)
     assert readable, "the IKE datagram never reached the control plane"
-    assert b.dp.read_ike() == [IkeDatagram(ike_message, stranger.getsockname())]
+    assert b.dp.read_ike() == [IkeDatagram(ike_message, stranger.getsockname(), 0, b.address)]
     # The worker counts an IKE datagram just after handing it up: wait for that one count.
     # Everything sent before it was counted before it was handed up.
     wait_until(lambda: b.counters().inbound["ike_datagrams"] == 1, "the IKE datagram count")
@@ -642,6 +666,88 @@ def test_tso_super_packet_crosses_as_segments_and_is_coalesced(
     udp = ipv4_udp("10.1.0.5", "10.2.0.7", data=b"not TCP")  # plain header both ways
     a.route_in(PLAIN_VNET_HDR + udp)
     assert b.delivered() == PLAIN_VNET_HDR + udp
+
+
+# -- TCP MSS clamping (issue 4) ------------------------------------------------------
+
+CLAMP_MTU = 1400  # TUN MTU: MSS at most 1360 over IPv4, 1340 over IPv6
+
+
+def tcp_packet(
+    src: str, dst: str, flags: str, *, mss: int | None = None, data: bytes = b""
+) -> bytes:
+    """A TCP segment built (lengths, checksums) by scapy, not by the code under test."""
+    options = [("MSS", mss), ("SAckOK", b""), ("WScale", 7)] if mss is not None else []
+    ip: Packet = IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst)
+    segment = TCP(sport=40000, dport=443, seq=1000, ack=7 if "A" in flags else 0, flags=flags)
+    segment.options = options
+    return bytes(raw(ip / segment / Raw(data))) if data else bytes(raw(ip / segment))
+
+
+def assert_clamped(original: bytes, delivered: bytes, mss: int) -> None:
+    """Only the MSS option changed, and scapy's own checksum agrees with the one written."""
+    parse = IPv6 if delivered[0] >> 4 == 6 else IP
+    parsed = parse(delivered)
+    assert dict(parsed[TCP].options)["MSS"] == mss
+    written = parsed[TCP].chksum
+    del parsed[TCP].chksum
+    assert parse(raw(parsed))[TCP].chksum == written
+    assert len(delivered) == len(original)
+    assert sum(x != y for x, y in zip(original, delivered, strict=True)) <= 4
+
+
+@pytest.mark.parametrize(
+    ("a_host", "b_host", "mss"),
+    [("10.1.0.5", "10.2.0.7", CLAMP_MTU - 40), ("fd00:a::5", "fd00:b::7", CLAMP_MTU - 60)],
+    ids=["ipv4", "ipv6"],
+)
+def test_syn_mss_is_clamped_in_each_direction_and_data_is_untouched(
+    make_side: Callable[..., Side], a_host: str, b_host: str, mss: int
+) -> None:
+    """Only A clamps: what B receives shows A's outbound clamp (a SYN from A's side), what
+    A receives shows A's inbound clamp (B's SYN-ACK, decrypted by A before its TUN write)."""
+    a, b = make_side(mss_clamp_mtu=CLAMP_MTU), make_side()
+    connect(a, b)
+
+    syn = tcp_packet(a_host, b_host, "S", mss=1460)
+    a.route_in(syn)
+    assert_clamped(syn, b.delivered(), mss)
+
+    syn_ack = tcp_packet(b_host, a_host, "SA", mss=8960)
+    b.route_in(syn_ack)
+    assert_clamped(syn_ack, a.delivered(), mss)
+
+    small = tcp_packet(a_host, b_host, "S", mss=536)  # already below: left alone
+    a.route_in(small)
+    assert b.delivered() == small
+    for packet, into, out_of in (
+        (tcp_packet(a_host, b_host, "PA", data=b"\x02\x04\x05\xb4" * 50), a, b),
+        (tcp_packet(b_host, a_host, "PA", data=b"\x02\x04\x05\xb4" * 50), b, a),
+    ):
+        into.route_in(packet)
+        assert out_of.delivered() == packet  # a data segment crosses byte for byte
+
+
+def test_syn_mss_is_clamped_with_tun_offloads(make_side: Callable[..., Side]) -> None:
+    """With virtio-net headers: A's kernel hands over a SYN with a partial checksum
+    (NEEDS_CSUM); the clamp runs after ``segment`` completed it. B's SYN-ACK is clamped
+    by A before ``coalesce`` (which never merges a SYN) and written with a plain header."""
+    a, b = make_side(mss_clamp_mtu=CLAMP_MTU, tun_offload=True), make_side(tun_offload=True)
+    connect(a, b)
+    syn = tcp_packet("10.1.0.5", "10.2.0.7", "S", mss=1460)
+    pseudo = syn[12:20] + b"\x00\x06" + (len(syn) - 20).to_bytes(2, "big")
+    partial = (~ones_complement_checksum(pseudo) & 0xFFFF).to_bytes(2, "big")
+    a.route_in(VIRTIO_NET_HDR.pack(1, 0, 0, 0, 20, 16) + syn[:36] + partial + syn[38:])
+
+    write = b.delivered()
+    assert write[: VIRTIO_NET_HDR.size] == PLAIN_VNET_HDR
+    assert_clamped(syn, write[VIRTIO_NET_HDR.size :], CLAMP_MTU - 40)
+
+    syn_ack = tcp_packet("10.2.0.7", "10.1.0.5", "SA", mss=1460)
+    b.route_in(PLAIN_VNET_HDR + syn_ack)
+    write = a.delivered()
+    assert write[: VIRTIO_NET_HDR.size] == PLAIN_VNET_HDR
+    assert_clamped(syn_ack, write[VIRTIO_NET_HDR.size :], CLAMP_MTU - 40)
 
 
 # -- lifecycle ------------------------------------------------------------------
