@@ -728,6 +728,35 @@ def test_syn_mss_is_clamped_in_each_direction_and_data_is_untouched(
         assert out_of.delivered() == packet  # a data segment crosses byte for byte
 
 
+def truncated_tcp(src: str, dst: str) -> bytes:
+    """ "TCP" with no room for its header: IPv4 claiming a 60-octet header in 20, or IPv6
+    with Next Header TCP and nothing after the fixed header."""
+    if ":" in src:
+        packet = bytearray(ipv6_udp(src, dst, data=b"")[:40])
+        packet[4:6], packet[6] = b"\x00\x00", 6
+        return bytes(packet)
+    packet = bytearray(ipv4_udp(src, dst, data=b"")[:20])
+    packet[0], packet[9] = 0x4F, 6
+    return bytes(packet)
+
+
+def test_truncated_tcp_headers_cross_unharmed_with_clamping_on(
+    make_side: Callable[..., Side],
+) -> None:
+    """The kernel forwards such packets from a LAN host (IP does not look into TCP): the
+    inline SYN test of either worker must not index past the end, nor kill the worker."""
+    a, b = make_side(mss_clamp_mtu=CLAMP_MTU), make_side(mss_clamp_mtu=CLAMP_MTU)
+    connect(a, b)
+    for a_host, b_host in (("10.1.0.5", "10.2.0.7"), ("fd00:a::5", "fd00:b::7")):
+        there, back = truncated_tcp(a_host, b_host), truncated_tcp(b_host, a_host)
+        a.route_in(there)
+        assert b.delivered() == there
+        b.route_in(back)
+        assert a.delivered() == back
+    assert a.dp.alive()
+    assert b.dp.alive()
+
+
 def test_syn_mss_is_clamped_with_tun_offloads(make_side: Callable[..., Side]) -> None:
     """With virtio-net headers: A's kernel hands over a SYN with a partial checksum
     (NEEDS_CSUM); the clamp runs after ``segment`` completed it. B's SYN-ACK is clamped
