@@ -10,7 +10,8 @@ from typing import TypeVar
 
 from common.esp.sa import InboundSa, OutboundSa
 from common.esp.suites import suite_by_name
-from common.ike.constants import NotifyType
+from common.ike import defaults
+from common.ike.constants import ExchangeType, KeyExchangeMethod, NotifyType
 from common.ike.events import (
     ChildSaDeleted,
     ChildSaEstablished,
@@ -21,6 +22,7 @@ from common.ike.events import (
     PeerUnreachable,
     RekeyFailed,
 )
+from common.ike.message import peek_header
 from common.ike.session import IkeSaState
 from tests.helpers.ike_pair import IkePair, establish, events, ike_pair
 from tests.helpers.packets import ipv4_icmp_echo
@@ -154,33 +156,71 @@ def test_jitter_differs_between_sides_and_is_deterministic() -> None:
     assert soft_times(8) != first
 
 
+def _rekey_requests(pair: IkePair) -> int:
+    """How many CREATE_CHILD_SA requests the initiator has put on the wire so far."""
+    return sum(
+        1
+        for name, data, _, _ in pair.wire
+        if name == "i->r"
+        and (header := peek_header(data)).exchange_type == ExchangeType.CREATE_CHILD_SA
+        and not header.response
+    )
+
+
+def _refused_rekey(pair: IkePair, child: ChildSaEstablished) -> None:
+    """The initiator's rekey of ``child`` was refused: NO_PROPOSAL_CHOSEN, nothing changed."""
+    (failed,) = events(pair.initiator)
+    assert isinstance(failed, RekeyFailed)
+    assert (failed.inbound_spi, failed.notify) == (child.inbound_spi, NotifyType.NO_PROPOSAL_CHOSEN)
+    assert events(pair.responder) == []
+    assert pair.initiator.child_lifetime(child.inbound_spi) is not None  # still the same SA
+
+
 def test_refused_automatic_rekey_is_retried_after_a_back_off() -> None:
-    # No jitter: both sides start the same rekey at the same instant.
-    pair = ike_pair(child_rekey_time=100.0, child_over_time=60.0, child_rand_time=0.0)
+    """A refused automatic rekey comes round again REKEY_RETRY_S plus a jitter later.
+
+    The refusal is a genuine one: the initiator wants PFS for its Child SA
+    rekey and the responder offers none, so the responder answers
+    NO_PROPOSAL_CHOSEN (RFC 7296 1.3.3, 2.21) every time. The responder's own
+    lifetimes are off, so the only rekeys are the initiator's.
+    """
+    retry = defaults.REKEY_RETRY_S
+    jitter = defaults.REKEY_RETRY_JITTER_S
+    pair = ike_pair(
+        child_rekey_time=100.0,
+        child_over_time=200.0,  # the hard expiry stays out of the way of two retries
+        child_rand_time=0.0,
+        pfs_group=KeyExchangeMethod.CURVE25519,
+        responder_pfs_group=None,
+        responder_lifetimes=False,
+    )
     initiator_events, _ = establish(pair)
     start = pair.clock.now
     child = _child(initiator_events)
-    assert pair.initiator.get_timer() == pair.responder.get_timer() == start + 100.0
-    pair.clock.now = start + 100.0
-    pair.initiator.handle_timer(pair.clock.now)
-    pair.responder.handle_timer(pair.clock.now)
-    pair.run()
-    # RFC 7296 2.25: each refuses the other's rekey with TEMPORARY_FAILURE.
-    for session in (pair.initiator, pair.responder):
-        (failed,) = _of(events(session), RekeyFailed)
-        assert failed.notify is NotifyType.TEMPORARY_FAILURE
-    retry_i, retry_r = pair.initiator.get_timer(), pair.responder.get_timer()
-    assert retry_i is not None
-    assert retry_r is not None
-    assert retry_i != retry_r  # the retry jitter breaks the lockstep
-    assert all(start + 115.0 <= t <= start + 125.0 for t in (retry_i, retry_r))
-    _advance(pair, start + 115.0 - 0.001)  # before the back-off: nothing yet
-    assert events(pair.initiator) == []
-    _advance(pair, start + 130.0)
-    found = events(pair.initiator)
-    (rekeyed,) = _of(found, ChildSaRekeyed)
-    assert rekeyed.old_inbound_spi == child.inbound_spi
-    assert _of(found, ChildSaDeleted) == [ChildSaDeleted(child.inbound_spi, child.outbound_spi)]
+    assert pair.responder.get_timer() is None
+    _advance(pair, start + 100.0)
+    assert _rekey_requests(pair) == 1
+    _refused_rekey(pair, child)
+    # The first retry: no request before its time, one at it.
+    first_retry = pair.initiator.get_timer()
+    assert first_retry is not None
+    assert start + 100.0 + retry <= first_retry < start + 100.0 + retry + jitter
+    _advance(pair, first_retry - 0.001)
+    assert _rekey_requests(pair) == 1
+    _advance(pair, first_retry)
+    assert _rekey_requests(pair) == 2
+    _refused_rekey(pair, child)
+    # And again after another back-off, whose jitter is drawn afresh.
+    second_retry = pair.initiator.get_timer()
+    assert second_retry is not None
+    assert first_retry + retry <= second_retry < first_retry + retry + jitter
+    assert second_retry - first_retry != first_retry - (start + 100.0)
+    _advance(pair, second_retry - 0.001)
+    assert _rekey_requests(pair) == 2
+    _advance(pair, second_retry)
+    assert _rekey_requests(pair) == 3
+    _refused_rekey(pair, child)
+    assert pair.initiator.state is pair.responder.state is IkeSaState.ESTABLISHED
 
 
 def test_child_sa_hard_expiry_with_the_peer_gone() -> None:
