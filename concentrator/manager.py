@@ -47,7 +47,7 @@ import datetime
 import ipaddress
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol, cast
 
@@ -135,7 +135,13 @@ class _SessionPolicy:
         self._tunnel_id = tunnel_id
 
     def psk_for(self, identity: Identity) -> bytes | None:
-        return self._policy.psk_for(identity)
+        # Asked only for a peer that authenticates with a PSK (not for a
+        # certificate peer, ``CertificatePolicy``): remembered for reloads.
+        psk = self._policy.psk_for(identity)
+        tunnel = self._manager.tunnels.get(self._tunnel_id)
+        if tunnel is not None:
+            tunnel.psk_auth = psk is not None
+        return psk
 
     def lease_address(self, identity: Identity, version: IpVersion) -> IpAddress | None:
         return self._manager._lease(self._tunnel_id, identity, version)
@@ -185,6 +191,7 @@ class TunnelManager:
         rng: Rng,
         cookie_issuer: CookieIssuer | None = None,
         validation_time: Callable[[], datetime.datetime] | None = None,
+        local_sockets: Mapping[str, int] | None = None,
     ) -> None:
         self.settings = settings
         self.policy = policy
@@ -193,6 +200,9 @@ class TunnelManager:
         self._rng = rng
         self._cookies = cookie_issuer or CookieIssuer(rng)
         self._validation_time = validation_time
+        # Our address -> the data plane's port-4500 socket bound to it, so ESP
+        # leaves from the address the client talks to.
+        self._local_sockets = dict(local_sockets or {})
         self.tunnels: dict[int, Tunnel] = {}
         self._by_spi: dict[bytes, Tunnel] = {}
         self._half_open: dict[tuple[bytes, str, int], Tunnel] = {}
@@ -286,6 +296,24 @@ class TunnelManager:
         log.info("tunnel %d %s moved %s -> %s", tunnel_id, tunnel.identity, tunnel.remote, address)
         tunnel.remote = address
         self.dataplane.set_peer_address(tunnel_id, address)
+
+    def rekey_outbound(self, tunnel_id: int, outbound_spi: int, now: float) -> None:
+        """An outbound SA nears its sequence limit (data plane): rekey it (RFC 4303 3.3.3)."""
+        tunnel = self.tunnels.get(tunnel_id)
+        if tunnel is None or tunnel.closing:
+            return
+        inbound_spi = next(
+            (c.inbound_spi for c in tunnel.children.values() if c.outbound_spi == outbound_spi),
+            None,
+        )
+        if inbound_spi is None:
+            return
+        try:
+            tunnel.session.rekey_child(inbound_spi, now)
+        except RuntimeError as error:  # already rekeying or deleting it: nothing to add
+            log.debug("no rekey of %08x for tunnel %d: %s", inbound_spi, tunnel_id, error)
+            return
+        self._service(tunnel, now)
 
     def disconnect(self, tunnel_id: int, now: float, reason: str = "disconnected") -> bool:
         """Delete one tunnel's IKE SA (the peer is told); False if there is no such tunnel."""
@@ -524,6 +552,7 @@ class TunnelManager:
             outbound_keymat=event.outbound_keymat,
             esn=event.esn,
             replay_window=self.settings.replay_window,
+            local_socket=self._local_sockets.get(tunnel.local[0], 0),
         )
         self.dataplane.install_sa(pair)
         tunnel.routed = True

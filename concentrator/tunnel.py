@@ -52,6 +52,7 @@ class Tunnel:
     children: dict[int, ChildRecord] = field(default_factory=dict)
     leased: tuple[IpAddress, ...] = ()
     allocated_spis: set[int] = field(default_factory=set)
+    psk_auth: bool = False  # authenticated with a PSK (else a certificate)
     routed: bool = False  # the data plane holds SAs under ``tunnel_id``
     # Liveness (RFC 7296 2.4): the inbound packet count seen at the last sweep,
     # when it last moved, and when to probe an idle client next.
