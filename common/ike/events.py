@@ -38,7 +38,14 @@ from common.ike.policy import Identity, Ip4Address, Ip4Network, IpAddress, IpNet
 
 @dataclass(frozen=True, slots=True)
 class IkeSaEstablished:
-    """IKE_AUTH succeeded: the peer is authenticated (RFC 7296 1.2)."""
+    """IKE_AUTH succeeded: the peer is authenticated (RFC 7296 1.2).
+
+    ``initial_contact`` (responder only) is True when the authenticated
+    initiator sent N(INITIAL_CONTACT) (RFC 7296 2.4): it holds no other IKE
+    SA with us, so the driver should delete the older IKE and Child SAs it
+    still keeps for ``remote_id`` (a client that restarted or lost its
+    connection) instead of waiting for their DPD to fail.
+    """
 
     spi_i: bytes
     spi_r: bytes
@@ -47,6 +54,7 @@ class IkeSaEstablished:
     group: str
     local_id: Identity
     remote_id: Identity
+    initial_contact: bool = False
 
 
 @dataclass(frozen=True, slots=True)

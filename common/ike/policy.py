@@ -120,6 +120,21 @@ class IkeConfiguration:
             supports them (RFC 7383). None: 1280 over IPv4 (strongSwan's
             default), 1232 over IPv6 (the 1280 minimum MTU less the IPv6 and
             UDP headers). At least 548, what a 576-octet IPv4 datagram leaves.
+        initial_contact: the initiator sends N(INITIAL_CONTACT) in IKE_AUTH
+            (RFC 7296 2.4), telling the responder it holds no other IKE SA with
+            it, so the responder drops the stale SAs of our identity. True fits
+            a client's connection (it keeps one IKE SA per gateway and, after a
+            restart or a lost link, has none left); turn it off for a second,
+            concurrent IKE SA to the same gateway. The responder ignores it.
+        retransmit_timeout, retransmit_base, retransmit_tries: the schedule of
+            every request of ours, on the current IKE SA, a rekeyed one and the
+            one being retired: transmission n waits ``retransmit_timeout *
+            retransmit_base**n``, and after ``retransmit_tries`` retransmissions
+            the peer is unreachable (RFC 7296 2.1, 2.4 leave the numbers to us;
+            ``defaults`` has charon's). ``exchanges.give_up_time`` turns them
+            into seconds and ``exchanges.tries_within`` seconds into tries, so
+            the glue can size them from "dead after N seconds". The timeout
+            must be positive, the base at least 1, the tries not negative.
     """
 
     local_id: Identity
@@ -143,6 +158,10 @@ class IkeConfiguration:
     child_over_time: float | None = None
     child_rand_time: float | None = None
     fragment_size: int | None = None
+    initial_contact: bool = True
+    retransmit_timeout: float = defaults.RETRANSMIT_TIMEOUT_S
+    retransmit_base: float = defaults.RETRANSMIT_BASE
+    retransmit_tries: int = defaults.RETRANSMIT_TRIES
 
     @property
     def signs(self) -> bool:

@@ -24,8 +24,21 @@ from common.ike.events import (
     IkeSaEstablished,
     IkeSaFailed,
 )
-from common.ike.message import IkeHeader, IkeMessage, decode_message, encode_message
-from common.ike.payloads import KeyExchange, Notify, TrafficSelector
+from common.ike.message import (
+    IkeHeader,
+    IkeMessage,
+    Payload,
+    decode_message,
+    encode_message,
+    peek_header,
+)
+from common.ike.payloads import (
+    Authentication,
+    IdInitiator,
+    KeyExchange,
+    Notify,
+    TrafficSelector,
+)
 from common.ike.session import IkeSaState
 from tests.helpers.ike_pair import (
     DNS,
@@ -38,6 +51,7 @@ from tests.helpers.ike_pair import (
     MemoryPolicy,
     events,
     ike_pair,
+    open_message,
 )
 from tests.helpers.packets import ipv4_icmp_echo
 
@@ -398,3 +412,50 @@ def test_nat_is_detected_and_both_sides_move_to_4500() -> None:
     assert pair.initiator.use_nat_t
     assert pair.responder.use_nat_t
     assert [destination[1] for _, _, _, destination in pair.wire] == [500, 500, 4500, 4500]
+
+
+def _ike_auth_request(pair: IkePair) -> list[Payload]:
+    """The IKE_AUTH request's payloads (all its datagrams, SKF fragments or not)."""
+    datagrams = [
+        data
+        for name, data, _, _ in pair.wire
+        if name == "i->r" and peek_header(data).exchange_type == ExchangeType.IKE_AUTH
+    ]
+    return open_message(pair.responder, datagrams)
+
+
+def test_initial_contact_is_sent_by_default_and_reported_by_the_responder() -> None:
+    pair = ike_pair()
+    initiator_events, responder_events = _establish(pair)
+    # IKE_AUTH: HDR, SK {IDi, N(INITIAL_CONTACT), IDr, AUTH, CP, SAi2, TSi, TSr} -->
+    request = _ike_auth_request(pair)
+    kinds = [type(payload) for payload in request]
+    (notify,) = [p for p in request if isinstance(p, Notify)]
+    assert (notify.notify_type, notify.protocol_id, notify.spi, notify.data) == (
+        NotifyType.INITIAL_CONTACT,
+        0,
+        b"",
+        b"",
+    )
+    # RFC 7296 1.2: after IDi (and any CERT), before IDr and AUTH.
+    assert kinds.index(IdInitiator) < kinds.index(Notify) < kinds.index(Authentication)
+    # RFC 7296 2.4: the responder's owner may now drop older SAs of this identity.
+    assert _one(responder_events, IkeSaEstablished).initial_contact
+    assert not _one(initiator_events, IkeSaEstablished).initial_contact
+
+
+def test_initial_contact_off_is_not_sent_nor_reported() -> None:
+    pair = ike_pair(initial_contact=False)
+    initiator_events, responder_events = _establish(pair)
+    assert not [p for p in _ike_auth_request(pair) if isinstance(p, Notify)]
+    assert not _one(responder_events, IkeSaEstablished).initial_contact
+    assert not _one(initiator_events, IkeSaEstablished).initial_contact
+
+
+def test_initial_contact_of_a_peer_that_fails_authentication_is_not_reported() -> None:
+    pair = ike_pair(psk=b"not the key")
+    _, responder_events = _establish(pair)
+    assert NotifyType.INITIAL_CONTACT in [
+        p.notify_type for p in _ike_auth_request(pair) if isinstance(p, Notify)
+    ]
+    assert not [e for e in responder_events if isinstance(e, IkeSaEstablished)]

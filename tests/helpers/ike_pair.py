@@ -18,6 +18,7 @@ from typing import Literal
 
 from cryptography import x509
 
+from common.ike import defaults
 from common.ike.auth import SigningKey
 from common.ike.constants import KeyExchangeMethod
 from common.ike.events import IkeEvent
@@ -39,6 +40,8 @@ PRIVATE_IP = "192.168.1.10"  # the initiator's own address when ``behind_nat``
 CLIENT_ID = Identity.rfc822("alice@example.org")
 GATEWAY_ID = Identity.fqdn("vpn.example.org")
 PSK = b"correct horse battery staple"
+# IkeConfiguration's retransmit_timeout, retransmit_base, retransmit_tries.
+Retransmit = tuple[float, float, int]
 OFFICE = (ipaddress.IPv4Network("10.1.0.0/16"), ipaddress.IPv4Network("10.2.0.0/24"))
 POOL = (ipaddress.IPv4Address("10.99.0.2"), ipaddress.IPv4Address("10.99.0.3"))
 DNS = (ipaddress.IPv4Address("10.1.0.53"),)
@@ -226,6 +229,8 @@ def ike_pair(
     child_rand_time: float | None = None,
     responder_lifetimes: bool = True,
     request_ipv6: bool = False,
+    initial_contact: bool = True,
+    retransmit: Retransmit | None = None,
 ) -> IkePair:
     """A fresh initiator (client) and responder (concentrator), nothing sent yet.
 
@@ -239,7 +244,9 @@ def ike_pair(
     SA lifetimes (``IkeConfiguration``) are off unless asked for, so an idle
     pair has no timer; ``responder_lifetimes=False`` keeps them off on the
     responder. ``request_ipv6`` makes the initiator dual-stack (give the
-    policy a ``pool_v6`` for it to get an IPv6 address).
+    policy a ``pool_v6`` for it to get an IPv6 address). ``initial_contact``
+    is the initiator's; ``retransmit`` (timeout, base, tries) is both sides'
+    retransmission schedule, ``defaults.RETRANSMIT_*`` when None.
     """
 
     def lifetimes(config: IkeConfiguration, enabled: bool = True) -> IkeConfiguration:
@@ -255,6 +262,11 @@ def ike_pair(
             child_rand_time=child_rand_time,
         )
 
+    timeout, base, tries = retransmit or (
+        defaults.RETRANSMIT_TIMEOUT_S,
+        defaults.RETRANSMIT_BASE,
+        defaults.RETRANSMIT_TRIES,
+    )
     clock = FakeClock()
     policy = policy or MemoryPolicy()
     mine = initiator_credentials or Credentials()
@@ -275,6 +287,10 @@ def ike_pair(
                 certificate_chain=mine.chain,
                 ca_certificates=mine.cas,
                 validation_time=validation_time,
+                initial_contact=initial_contact,
+                retransmit_timeout=timeout,
+                retransmit_base=base,
+                retransmit_tries=tries,
             )
         ),
         is_initiator=True,
@@ -293,6 +309,9 @@ def ike_pair(
                 certificate=theirs.certificate,
                 certificate_chain=theirs.chain,
                 validation_time=validation_time,
+                retransmit_timeout=timeout,
+                retransmit_base=base,
+                retransmit_tries=tries,
             ),
             responder_lifetimes,
         ),

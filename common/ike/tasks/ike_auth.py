@@ -3,7 +3,8 @@
 
 ::
 
-    HDR, SK {IDi, [CERT+,] [CERTREQ,] [IDr,] AUTH, CP(CFG_REQUEST), SAi2, TSi, TSr}  -->
+    HDR, SK {IDi, [CERT+,] [N(INITIAL_CONTACT),] [CERTREQ,] [IDr,] AUTH, CP(CFG_REQUEST),
+             SAi2, TSi, TSr}  -->
                  <--  HDR, SK {IDr, [CERT+,] AUTH, CP(CFG_REPLY), SAr2, TSi, TSr}
                  <--  HDR, SK {N(AUTHENTICATION_FAILED)}
                  <--  HDR, SK {IDr, [CERT+,] AUTH, N(NO_PROPOSAL_CHOSEN | TS_UNACCEPTABLE |
@@ -24,6 +25,14 @@ only after the peer's chain validates against our trust anchors at
 3.1) and, on the responder, ``CertificatePolicy.authorize`` agrees. Every
 failure is AUTHENTICATION_FAILED and nothing more (RFC 7296 2.21.2); the
 reason is kept in the exception message for our logs only.
+
+INITIAL_CONTACT (RFC 7296 2.4): the initiator says "I hold no other IKE SA
+with you" when ``IkeConfiguration.initial_contact`` is set (a client after a
+restart or a lost connection), so the responder may delete the SAs it still
+keeps for that identity. Only the peer knows that, and only the responder's
+owner can act on it: the core just carries the flag, sent here and reported
+on ``IkeSaEstablished.initial_contact`` once the peer is authenticated (never
+before, or anyone could have a user's SAs torn down).
 """
 
 from __future__ import annotations
@@ -155,7 +164,8 @@ class IkeAuth:
     # --- initiator ------------------------------------------------------------------------
 
     def build_i(self, message_id: int) -> bytes:
-        """``HDR, SK {IDi, [CERT+,] [CERTREQ,] [IDr,] AUTH, CP(CFG_REQUEST), SAi2, TSi, TSr} -->``.
+        """``HDR, SK {IDi, [CERT+,] [N(INITIAL_CONTACT),] [CERTREQ,] [IDr,] AUTH, CP(CFG_REQUEST),
+        SAi2, TSi, TSr} -->`` (RFC 7296 1.2, 2.4 for where the notify goes).
 
         Raises:
             LocalProtocolError: AUTHENTICATION_FAILED when we sign but the responder
@@ -164,6 +174,8 @@ class IkeAuth:
         sa, config = self._sa, self._sa.config
         payloads: list[Payload] = [IdInitiator(config.local_id.id_type, config.local_id.data)]
         payloads += self._certificates()
+        if config.initial_contact:
+            payloads.append(Notify(NotifyType.INITIAL_CONTACT))  # about the IKE SA: no SPI
         if config.ca_certificates:
             # RFC 7296 3.7: name the CAs we trust, so a responder with several can choose.
             payloads.append(certificate_request(config.ca_certificates))
@@ -287,6 +299,10 @@ class IkeAuth:
             # RFC 7296 2.21.2: answer AUTHENTICATION_FAILED and close.
             raise _authentication_failed(f"peer {peer} asked for another responder identity")
         self._authenticate_peer(payloads, auth, idi, peer)
+        initial_contact = any(
+            isinstance(payload, Notify) and payload.notify_type == NotifyType.INITIAL_CONTACT
+            for payload in payloads
+        )
         # Our own AUTH: a signature when we have a certificate, else the peer's PSK.
         psk = None if sa.config.signs else sa.policy.psk_for(peer)
         sa.remote_id = peer
@@ -295,7 +311,7 @@ class IkeAuth:
             *self._certificates(),
             self._build_auth(psk),
         ]
-        self._established()
+        self._established(initial_contact=initial_contact)
         try:
             self._response += self._negotiate_child(payloads, peer)
         except LocalProtocolError as refusal:
@@ -532,8 +548,12 @@ class IkeAuth:
             raise _authentication_failed(f"peer {peer} is not named in its certificate")
         return certificate
 
-    def _established(self) -> None:
-        """Queue ``IkeSaEstablished``; the driver moves the state once we return."""
+    def _established(self, *, initial_contact: bool = False) -> None:
+        """Queue ``IkeSaEstablished``; the driver moves the state once we return.
+
+        ``initial_contact``: the authenticated initiator sent N(INITIAL_CONTACT)
+        (responder only; the initiator's own is never reported back to it).
+        """
         sa = self._sa
         assert sa.ike is not None
         assert sa.remote_id is not None
@@ -546,5 +566,6 @@ class IkeAuth:
                 sa.ike.group.name,
                 sa.config.local_id,
                 sa.remote_id,
+                initial_contact=initial_contact,
             )
         )
