@@ -8,8 +8,12 @@ inline (strongSwan's ``task_manager`` owns the same duties):
 - ``Requests``: the requests *we* send. Message IDs count from 0; with a
   window of 1 (RFC 7296 2.3, no SET_WINDOW_SIZE sent) there is at most one
   outstanding request, retransmitted unchanged (RFC 7296 2.1: "retransmit
-  the same message"; RFC 7383 2.6: every fragment of it) on the schedule in
-  ``defaults``; and the reassembly of its fragmented response.
+  the same message"; RFC 7383 2.6: every fragment of it) on the session's
+  schedule (``IkeConfiguration.retransmit_*``, ``defaults`` unless set); and
+  the reassembly of its fragmented response.
+- ``give_up_time`` / ``tries_within``: that schedule in seconds, both ways,
+  for glue that is given "dead after N seconds" (the concentrator's DPD, the
+  client's reconnect) rather than a timeout, base and count.
 - ``Responses``: the requests the *peer* sends. The next expected ID, the
   reassembly of a fragmented request, and the last response (all of its
   fragments) kept for a retransmitted request, which is answered from the
@@ -23,11 +27,12 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum, auto
-from typing import Final
+from typing import Final, Protocol
 
 from common.ike import defaults
 from common.ike.constants import NotifyType, PayloadType
@@ -89,6 +94,81 @@ class Outstanding:
     wire: tuple[bytes, ...] = ()
 
 
+class RetransmitSettings(Protocol):
+    """A retransmission schedule's three numbers, as ``IkeConfiguration`` holds them."""
+
+    @property
+    def retransmit_timeout(self) -> float: ...
+
+    @property
+    def retransmit_base(self) -> float: ...
+
+    @property
+    def retransmit_tries(self) -> int: ...
+
+
+def check_retransmission(timeout_s: float, base: float, tries: int) -> None:
+    """Refuse a schedule that would never give up, or never back off.
+
+    Raises:
+        ValueError: ``timeout_s`` not positive and finite; ``base`` below 1 or
+            infinite (each wait would be shorter than the last: no back-off, and
+            a congested peer gets hammered); ``tries`` negative. Zero tries is
+            allowed: one transmission, given up one ``timeout_s`` later.
+    """
+    if not (0 < timeout_s < math.inf):
+        raise ValueError(f"retransmit timeout {timeout_s} must be positive and finite")
+    if not (1 <= base < math.inf):
+        raise ValueError(f"retransmit base {base} must be at least 1 and finite")
+    if tries < 0:
+        raise ValueError(f"retransmit tries {tries} cannot be negative")
+
+
+def give_up_time(
+    timeout_s: float = defaults.RETRANSMIT_TIMEOUT_S,
+    base: float = defaults.RETRANSMIT_BASE,
+    tries: int = defaults.RETRANSMIT_TRIES,
+) -> float:
+    """Seconds from a request's first transmission to its give-up (``Timeout.GIVE_UP``).
+
+    ``Requests`` waits ``timeout_s * base**n`` after transmission n (0 the
+    first, then ``tries`` retransmissions) and gives up when the last wait
+    ends, so this is the sum of those ``tries + 1`` waits: with the defaults
+    (charon's 4 s, 1.8, 5) about 165 s. It is the time a silent peer takes to
+    be declared unreachable (RFC 7296 2.4) once a request is sent, which the
+    glue adds to its DPD interval to bound how long a vanished peer lingers.
+
+    Raises:
+        ValueError: an invalid schedule (``check_retransmission``).
+    """
+    check_retransmission(timeout_s, base, tries)
+    return math.fsum(timeout_s * base**n for n in range(tries + 1))
+
+
+def tries_within(
+    limit_s: float,
+    timeout_s: float = defaults.RETRANSMIT_TIMEOUT_S,
+    base: float = defaults.RETRANSMIT_BASE,
+) -> int:
+    """The most retransmissions whose ``give_up_time`` is at most ``limit_s``.
+
+    The inverse the glue needs for "declare the peer dead within ``limit_s``":
+    pick ``timeout_s`` and ``base``, and this gives ``tries``.
+
+    Raises:
+        ValueError: an invalid ``timeout_s`` or ``base``, or ``limit_s`` below
+            ``timeout_s`` (not even the first transmission's wait fits).
+    """
+    check_retransmission(timeout_s, base, 0)
+    if limit_s < timeout_s:
+        raise ValueError(f"no schedule starting at {timeout_s} s gives up within {limit_s} s")
+    tries = 0
+    # A base of 1 adds timeout_s per try, so the loop ends for every valid schedule.
+    while give_up_time(timeout_s, base, tries + 1) <= limit_s:
+        tries += 1
+    return tries
+
+
 class Requests:
     """Our side as the sender of requests: IDs, the outstanding request, its timer."""
 
@@ -108,6 +188,15 @@ class Requests:
         self.tries = tries
         # Fragmented responses (RFC 7383 2.6); window 1: one message at a time.
         self.reassembler = Reassembler(max_pending_messages=1)
+
+    @classmethod
+    def following(cls, settings: RetransmitSettings) -> Requests:
+        """Fresh requests (message IDs from 0) on the schedule ``settings`` names."""
+        return cls(
+            timeout_s=settings.retransmit_timeout,
+            base=settings.retransmit_base,
+            tries=settings.retransmit_tries,
+        )
 
     def allocate(self) -> int:
         """The Message ID of our next request (RFC 7296 2.2)."""

@@ -355,7 +355,7 @@ class SessionIntake(ABC):
             old, self._requests, self._responses, self.drops, self._retiring
         )
         self._sa = new_sa
-        self._requests = Requests()
+        self._requests = Requests.following(new_sa.config)
         self._responses = Responses()
         self._sa.events.append(IkeSaRekeyed(old.spi_i, old.spi_r, new_sa.spi_i, new_sa.spi_r))
 

@@ -151,7 +151,7 @@ class RetiringSa:
             node that created it"), else None: the peer deletes it, and we
             only if it has not by ``now + REDUNDANT_SA_WAIT_S``.
         """
-        old = _Old(sa, Requests(), Responses())  # a new SA: message IDs from 0
+        old = _Old(sa, Requests.following(sa.config), Responses())  # a new SA: IDs from 0
         self._olds.append(old)
         if sa.is_initiator:
             return self._delete(old, now)

@@ -51,7 +51,7 @@ from collections.abc import Callable
 from common.esp.spi import allocate_spi
 from common.ike.constants import ExchangeType
 from common.ike.events import IkeEvent, IkeSaDeleted, IkeSaFailed
-from common.ike.exchanges import Address, Requests, Responses, Timeout
+from common.ike.exchanges import Address, Requests, Responses, Timeout, check_retransmission
 from common.ike.fragments import MIN_FRAGMENT_SIZE
 from common.ike.intake import SessionIntake
 from common.ike.lifetimes import Lifetime, Lifetimes
@@ -121,7 +121,9 @@ class IkeSession(SessionIntake):
             RuntimeError: no peer or credentials for an initiator, no policy
                 for a responder.
             ValueError: negative SA lifetimes, or jitter not below the rekey time;
-                a ``fragment_size`` below 548 (``fragments.MIN_FRAGMENT_SIZE``).
+                a ``fragment_size`` below 548 (``fragments.MIN_FRAGMENT_SIZE``); a
+                retransmission schedule that never gives up or never backs off
+                (``exchanges.check_retransmission``).
         """
         if is_initiator and (remote_addr is None or not (configuration.psk or configuration.signs)):
             # API misuse: fail fast at the call site.
@@ -132,6 +134,11 @@ class IkeSession(SessionIntake):
         if size is not None and size < MIN_FRAGMENT_SIZE:
             # Every IPv4 host accepts 576-octet datagrams (RFC 791): no path needs less.
             raise ValueError(f"fragment_size {size} is below {MIN_FRAGMENT_SIZE}")
+        check_retransmission(
+            configuration.retransmit_timeout,
+            configuration.retransmit_base,
+            configuration.retransmit_tries,
+        )
         self._sa = IkeSa(
             config=configuration,
             is_initiator=is_initiator,
@@ -146,7 +153,7 @@ class IkeSession(SessionIntake):
         else:
             self._sa.spi_r = self._new_ike_spi()
         self._state = IkeSaState.INITIAL
-        self._requests = Requests()
+        self._requests = Requests.following(configuration)
         self._responses = Responses()
         self._datagrams = []
         self.drops = Counter()
