@@ -11,7 +11,14 @@ marker once the pair has moved there (RFC 7296 2.23, forced with
 - AES-GCM-256: with an ``ikev2_decryption_table`` entry, the SK payloads decrypt
   (tshark says the ICV is "[correct]") to the IDi/IDr/CP/TS we sent, and a wrong
   SK_er makes frame 4 fail (so the check is not vacuous);
-- ChaCha20-Poly1305: tshark 4.0 has no such IKEv2 algorithm, so only "not malformed".
+- ChaCha20-Poly1305: tshark 4.0 has no such IKEv2 algorithm, so only "not malformed";
+- a fragmented IKE_AUTH (RFC 7383: RSA certificates and an intermediate CA,
+  ``fragment_size`` 576, on 500 and on 4500): every ``HDR, SKF {...}`` datagram
+  is ISAKMP as sent with its Fragment Number and Total Fragments, not malformed
+  and without expert warnings; tshark 4.0 decrypts SKF with the same table
+  entry, every fragment's ICV is "[correct]" (each is sealed on its own, RFC
+  7383 2.5), and the message it reassembles from the last fragment holds the
+  IDi/IDr, CERTs, signature AUTH, N(INITIAL_CONTACT) and CP we sent.
 
 The SK_ei/SK_er given to tshark are derived here, independently of the session:
 the initiator's ephemeral ``KeyExchange`` is recorded as it is generated, and
@@ -32,15 +39,33 @@ from pathlib import Path
 import pytest
 
 from common.ike import key_exchange
-from common.ike.constants import ExchangeType, KeyExchangeMethod, PseudorandomFunction
+from common.ike.constants import (
+    AuthMethod,
+    ConfigType,
+    ExchangeType,
+    KeyExchangeMethod,
+    NotifyType,
+    PayloadType,
+    PseudorandomFunction,
+)
+from common.ike.fragments import open_skf
 from common.ike.ike_suites import IkeSuite, ike_suite_by_name
 from common.ike.keys import IkeSaKeys, derive_ike_sa_keys
-from common.ike.message import IKE_HEADER_LEN, IkeMessage, decode_message
+from common.ike.message import IKE_HEADER_LEN, EncryptedFragment, IkeMessage, decode_message
 from common.ike.payloads import KeyExchange, Nonce
 from common.ike.protection import open_sk
 from common.ike.session import IkeSaState
-from tests.helpers.ike_pair import CLIENT_ID, GATEWAY_ID, OFFICE, POOL, ike_pair
+from tests.helpers.ike_pair import (
+    CLIENT_ID,
+    GATEWAY_ID,
+    OFFICE,
+    POOL,
+    Credentials,
+    MemoryPolicy,
+    ike_pair,
+)
 from tests.helpers.packets import ipv4_udp
+from tests.helpers.pki import EPOCH, make_ca, make_leaf
 from tests.helpers.vectors import write_pcap
 
 pytestmark = pytest.mark.needs_tool("tshark")
@@ -59,6 +84,7 @@ class Scenario:
     esp: str
     encapsulate: bool
     decryptable: bool
+    fragmented: bool = False  # RSA certificates and FRAGMENT_SIZE: IKE_AUTH in SKF
 
 
 SCENARIOS = (
@@ -69,6 +95,41 @@ SCENARIOS = (
     Scenario("chacha-4500", "chacha20poly1305-prfsha256-x25519", "chacha20poly1305", True, False),
 )
 DECRYPTABLE = [s for s in SCENARIOS if s.decryptable]
+FRAGMENTED = (
+    Scenario("gcm-skf-500", "aes256gcm16-prfsha256-x25519", "aes256gcm16", False, True, True),
+    Scenario("gcm-skf-4500", "aes256gcm16-prfsha256-x25519", "aes256gcm16", True, True, True),
+)
+FRAGMENT_SIZE = 576  # UDP payload, non-ESP marker included (RFC 7383 2.5.1)
+
+
+@dataclass(frozen=True)
+class Signers:
+    """Both sides sign with RSA leaves under an intermediate CA: IKE_AUTH of about 2 kB."""
+
+    policy: MemoryPolicy
+    initiator: Credentials
+    responder: Credentials
+
+
+def make_signers() -> Signers:
+    root = make_ca()
+    intermediate = make_ca("Outpost Issuing CA", issuer=root, key_kind="rsa2048")
+    client = make_leaf(
+        intermediate, "alice", key_kind="rsa2048", emails=(CLIENT_ID.data.decode(),), rsa_pss=True
+    )
+    gateway = make_leaf(
+        intermediate,
+        GATEWAY_ID.data.decode(),
+        key_kind="rsa2048",
+        dns_names=(GATEWAY_ID.data.decode(),),
+        rsa_pss=True,
+    )
+    chain = (intermediate.certificate,)
+    return Signers(
+        MemoryPolicy(cas=(root.certificate,)),
+        Credentials(client.key, client.certificate, chain, (root.certificate,)),
+        Credentials(gateway.key, gateway.certificate, chain),
+    )
 
 
 @dataclass(frozen=True)
@@ -133,10 +194,21 @@ def recorded_key_exchanges() -> Iterator[list[key_exchange.KeyExchange]]:
         yield made
 
 
-def run_handshake(scenario: Scenario) -> tuple[list[Sent], IkeSaKeys]:
+def run_handshake(
+    scenario: Scenario, signers: Signers | None = None
+) -> tuple[list[Sent], IkeSaKeys]:
+    """IKE_SA_INIT + IKE_AUTH of ``scenario``; ``signers`` (and FRAGMENT_SIZE) when fragmented."""
+    assert scenario.fragmented is (signers is not None)
     with recorded_key_exchanges() as made:
         pair = ike_pair(
-            ike=(scenario.ike,), esp=(scenario.esp,), force_encapsulation=scenario.encapsulate
+            ike=(scenario.ike,),
+            esp=(scenario.esp,),
+            force_encapsulation=scenario.encapsulate,
+            fragment_size=FRAGMENT_SIZE if signers else None,
+            policy=signers.policy if signers else None,
+            initiator_credentials=signers.initiator if signers else None,
+            responder_credentials=signers.responder if signers else None,
+            validation_time=EPOCH if signers else None,
         )
         pair.initiator.initiate(pair.clock.now)
         pair.run()
@@ -231,15 +303,32 @@ def run_tshark(pcap: Path, uat: str | None) -> dict[int, Frame]:
     return frames
 
 
-@pytest.fixture(scope="module", params=SCENARIOS, ids=[s.name for s in SCENARIOS])
-def capture(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Capture:
-    scenario: Scenario = request.param
-    sent, keys = run_handshake(scenario)
+def make_capture(
+    scenario: Scenario, tmp_path_factory: pytest.TempPathFactory, signers: Signers | None = None
+) -> Capture:
+    sent, keys = run_handshake(scenario, signers)
     pcap = tmp_path_factory.mktemp("tshark-ike") / f"outpost-ike-{scenario.name}.pcap"
     write_capture(pcap, sent)
     header = sent[1].message.header
     uat = uat_line(header.spi_i, header.spi_r, keys) if scenario.decryptable else None
     return Capture(scenario, sent, keys, pcap, uat, run_tshark(pcap, uat))
+
+
+@pytest.fixture(scope="module", params=SCENARIOS, ids=[s.name for s in SCENARIOS])
+def capture(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Capture:
+    return make_capture(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def signers() -> Signers:
+    return make_signers()
+
+
+@pytest.fixture(scope="module", params=FRAGMENTED, ids=[s.name for s in FRAGMENTED])
+def fragmented(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, signers: Signers
+) -> Capture:
+    return make_capture(request.param, tmp_path_factory, signers)
 
 
 # --- tests --------------------------------------------------------------------------------
@@ -261,6 +350,10 @@ def test_the_capture_is_what_we_meant(capture: Capture) -> None:
 
 
 def test_every_frame_is_isakmp_v2_as_sent(capture: Capture) -> None:
+    assert_isakmp_v2_as_sent(capture)
+
+
+def assert_isakmp_v2_as_sent(capture: Capture) -> None:
     assert sorted(capture.frames) == [s.frame for s in capture.sent]
     for item in capture.sent:
         frame = capture.frames[item.frame]
@@ -279,6 +372,10 @@ def test_every_frame_is_isakmp_v2_as_sent(capture: Capture) -> None:
 
 
 def test_no_malformed_frame_and_no_expert_warning(capture: Capture) -> None:
+    assert_clean(capture)
+
+
+def assert_clean(capture: Capture) -> None:
     for number, frame in capture.frames.items():
         assert not frame.malformed, (number, frame.expert_messages)
         assert not [s for s in frame.expert_severities if s >= EXPERT_WARNING], (
@@ -350,3 +447,91 @@ def test_wrong_key_is_noticed(tmp_path: Path) -> None:
     assert request.shownames["isakmp.enc.icd"][0].endswith("[correct]")
     assert "[incorrect" in response.shownames["isakmp.enc.icd"][0]
     assert response.malformed
+
+
+# --- a fragmented IKE_AUTH (RFC 7383) -----------------------------------------------------
+
+
+def skf(item: Sent) -> EncryptedFragment:
+    fragment = item.message.get(EncryptedFragment)
+    assert fragment is not None, item.frame
+    return fragment
+
+
+def test_fragmented_capture_is_what_we_meant(fragmented: Capture) -> None:
+    """IKE_AUTH goes as SKF fragments 1..n each way, each within FRAGMENT_SIZE, each
+    opening on its own under our keys (RFC 7383 2.5, 2.6)."""
+    marker = len(NON_ESP_MARKER) if fragmented.scenario.encapsulate else 0
+    suite = suite_of(fragmented.scenario)
+    for from_initiator in (True, False):
+        items = [s for s in fragmented.sent[2:] if s.from_initiator is from_initiator]
+        assert len(items) > 1
+        numbers = [(skf(s).fragment_number, skf(s).total_fragments) for s in items]
+        assert numbers == [(n, len(items)) for n in range(1, len(items) + 1)]
+        for item in items:
+            assert item.message.header.exchange_type == ExchangeType.IKE_AUTH
+            assert marker + len(item.data) <= FRAGMENT_SIZE, item.frame
+            keys = fragmented.keys
+            sk_e, sk_a = (keys.sk_ei, keys.sk_ai) if from_initiator else (keys.sk_er, keys.sk_ar)
+            open_skf(item.data, IKE_HEADER_LEN, suite, sk_e, sk_a)  # raises if it does not
+
+
+def test_every_skf_fragment_decodes_without_malformed_or_expert_warning(
+    fragmented: Capture,
+) -> None:
+    assert_isakmp_v2_as_sent(fragmented)
+    assert_clean(fragmented)
+    for item in fragmented.sent[2:]:
+        frame = fragmented.frames[item.frame]
+        assert frame.show("isakmp.nextpayload")[0] == str(int(PayloadType.SKF)), item.frame
+        fragment = skf(item)
+        assert frame.show("isakmp.frag.number") == [str(fragment.fragment_number)], item.frame
+        assert frame.show("isakmp.frag.total") == [str(fragment.total_fragments)], item.frame
+
+
+def test_every_skf_fragment_decrypts_with_a_good_checksum(fragmented: Capture) -> None:
+    for item in fragmented.sent[2:]:
+        frame = fragmented.frames[item.frame]
+        assert frame.show("isakmp.enc.decrypted") != [], item.frame
+        icv = frame.shownames["isakmp.enc.icd"]
+        assert len(icv) == 1, (item.frame, icv)
+        assert icv[0].endswith("[correct]"), (item.frame, icv)
+    # tshark reassembles on the last fragment and dissects the whole message there.
+    request, response = (
+        fragmented.frames[
+            max(s.frame for s in fragmented.sent[2:] if s.from_initiator is from_initiator)
+        ]
+        for from_initiator in (True, False)
+    )
+    signature = str(int(AuthMethod.DIGITAL_SIGNATURE))
+    # HDR, SK {IDi, CERT, CERT, N(INITIAL_CONTACT), CERTREQ, IDr, AUTH, CP, SAi2, TSi, TSr} -->
+    assert request.show("isakmp.id.type") == [
+        str(int(CLIENT_ID.id_type)),
+        str(int(GATEWAY_ID.id_type)),
+    ]
+    assert len(request.show("isakmp.cert.data")) == 2  # the leaf and the intermediate
+    assert request.show("isakmp.auth.method") == [signature]
+    assert str(int(NotifyType.INITIAL_CONTACT)) in request.show("isakmp.notify.msgtype")
+    assert request.show("isakmp.cfg.type") == [str(int(ConfigType.CFG_REQUEST))]
+    # <-- HDR, SK {IDr, CERT, CERT, AUTH, CP(CFG_REPLY), SAr2, TSi, TSr}
+    assert response.show("isakmp.id.type") == [str(int(GATEWAY_ID.id_type))]
+    assert len(response.show("isakmp.cert.data")) == 2
+    assert response.show("isakmp.auth.method") == [signature]
+    assert response.show("isakmp.cfg.attr.internal_ip4_address") == [str(POOL[0])]
+
+
+def test_wrong_key_is_noticed_in_every_fragment(tmp_path: Path, signers: Signers) -> None:
+    """The "[correct]" above means something: with a wrong SK_er every response
+    fragment fails, while the request's, under the right SK_ei, still pass."""
+    sent, keys = run_handshake(FRAGMENTED[0], signers)
+    pcap = tmp_path / "outpost-ike-skf-wrong-key.pcap"
+    write_capture(pcap, sent)
+    header = sent[1].message.header
+    wrong = replace(keys, sk_er=bytes(b ^ 1 for b in keys.sk_er))
+    frames = run_tshark(pcap, uat_line(header.spi_i, header.spi_r, wrong))
+    for item in sent[2:]:
+        icv = frames[item.frame].shownames["isakmp.enc.icd"][0]
+        if item.from_initiator:
+            assert icv.endswith("[correct]"), item.frame
+        else:
+            assert "[incorrect" in icv, item.frame

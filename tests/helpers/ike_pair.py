@@ -231,6 +231,7 @@ def ike_pair(
     request_ipv6: bool = False,
     initial_contact: bool = True,
     retransmit: Retransmit | None = None,
+    fragment_size: int | None = None,
 ) -> IkePair:
     """A fresh initiator (client) and responder (concentrator), nothing sent yet.
 
@@ -246,7 +247,8 @@ def ike_pair(
     responder. ``request_ipv6`` makes the initiator dual-stack (give the
     policy a ``pool_v6`` for it to get an IPv6 address). ``initial_contact``
     is the initiator's; ``retransmit`` (timeout, base, tries) is both sides'
-    retransmission schedule, ``defaults.RETRANSMIT_*`` when None.
+    retransmission schedule, ``defaults.RETRANSMIT_*`` when None;
+    ``fragment_size`` both sides' (RFC 7383, ``IkeConfiguration``).
     """
 
     def lifetimes(config: IkeConfiguration, enabled: bool = True) -> IkeConfiguration:
@@ -291,6 +293,7 @@ def ike_pair(
                 retransmit_timeout=timeout,
                 retransmit_base=base,
                 retransmit_tries=tries,
+                fragment_size=fragment_size,
             )
         ),
         is_initiator=True,
@@ -312,6 +315,7 @@ def ike_pair(
                 retransmit_timeout=timeout,
                 retransmit_base=base,
                 retransmit_tries=tries,
+                fragment_size=fragment_size,
             ),
             responder_lifetimes,
         ),
