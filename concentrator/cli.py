@@ -4,9 +4,12 @@ Subcommands:
 
 - ``run --config FILE``: the service in the foreground, logging to stderr;
 - ``check-config --config FILE``: load and validate, print a short summary;
-- ``status [--json]``, ``sessions [--json]``, ``disconnect ID``: ask the
-  running service over its control socket (``[control] socket`` of the
-  configuration, or ``--socket``).
+- ``status [--json]``, ``sessions [--json]``, ``disconnect ID``,
+  ``reload [--json]``: ask the running service over its control socket
+  (``[control] socket`` of the configuration, or ``--socket``); human output
+  is a short summary or a table, ``--json`` the service's answer as is. A
+  concentrator that is not running (or refuses) is one line on stderr and
+  exit 1.
 
 A broken configuration prints its one-line ``ConfigError`` to stderr and
 exits 2, never a traceback: an admin reads the message, not our stack. The
@@ -45,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
-    except (_UnavailableError, OSError) as exc:
+    except (_UnavailableError, _CommandFailedError, OSError) as exc:
         # A missing service module, a control socket nobody listens on, a port
         # in use: one line, as for configuration errors.
         print(f"outpost-concentrator: {exc}", file=sys.stderr)
@@ -75,12 +78,13 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text, handler in (
         ("status", "show the running concentrator's state", _status),
         ("sessions", "list the connected clients", _sessions),
+        ("reload", "re-read users and policy without dropping tunnels", _reload),
     ):
         sub = command(name, help_text, handler)
         sub.add_argument("--json", action="store_true", help="machine-readable output")
         sub.add_argument("--socket", type=Path, help="control socket (default: from --config)")
     sub = command("disconnect", "close a client's tunnel", _disconnect)
-    sub.add_argument("id", help="the client's IKE identity (or session id)")
+    sub.add_argument("id", help="the session id (see `sessions`) or the client's IKE identity")
     sub.add_argument("--socket", type=Path, help="control socket (default: from --config)")
     return parser
 
@@ -140,11 +144,19 @@ def _run(args: argparse.Namespace) -> int:
 # --- control-socket commands -----------------------------------------------------------
 
 
-def _control(args: argparse.Namespace, command: str, **arguments: object) -> Mapping[str, object]:
+class _CommandFailedError(Exception):
+    """The control socket answered no (or nobody listens): one line for the admin."""
+
+
+def _control(args: argparse.Namespace, command: str, **arguments: object) -> Any:
+    """``command``'s result from the running concentrator (``concentrator.control``)."""
     socket_path: Path = args.socket or load_config(args.config).control.socket
     control_request = _lazy("concentrator.control", "control_request")
-    reply: Mapping[str, object] = control_request(socket_path, command, arguments)
-    return reply
+    control_error: type[Exception] = _lazy("concentrator.control", "ControlError")
+    try:
+        return control_request(socket_path, command, arguments)
+    except control_error as exc:
+        raise _CommandFailedError(str(exc)) from None
 
 
 class _UnavailableError(Exception):
@@ -159,27 +171,169 @@ def _lazy(module: str, name: str) -> Any:
         raise _UnavailableError(f"{module}.{name} is not available in this installation") from None
 
 
-def _print_reply(reply: Mapping[str, object], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(reply, indent=2, sort_keys=True, default=str))
-        return
-    for key, value in reply.items():
-        print(f"{key}: {value}")
+def _print_json(result: object) -> None:
+    print(json.dumps(result, indent=2, sort_keys=True, default=str))
 
 
 def _status(args: argparse.Namespace) -> int:
-    _print_reply(_control(args, "status"), args.json)
+    result = _control(args, "status")
+    if args.json:
+        _print_json(result)
+    else:
+        print(format_status(result))
     return EXIT_OK
 
 
 def _sessions(args: argparse.Namespace) -> int:
-    _print_reply(_control(args, "sessions"), args.json)
+    result = _control(args, "sessions")
+    if args.json:
+        _print_json(result)
+    else:
+        print(format_sessions(result))
     return EXIT_OK
 
 
 def _disconnect(args: argparse.Namespace) -> int:
-    _print_reply(_control(args, "disconnect", id=args.id), False)
+    text: str = args.id
+    if text.isdigit():
+        ids = [int(text)]
+    else:
+        # An identity: resolve it to its session ids first (the socket speaks ids only).
+        ids = [s["id"] for s in _control(args, "sessions") if s.get("identity") == text]
+        if not ids:
+            raise _CommandFailedError(f"no session of {text}")
+    for tunnel_id in ids:
+        if not _control(args, "disconnect", id=tunnel_id):
+            raise _CommandFailedError(f"no session with id {tunnel_id}")
+        print(f"session {tunnel_id} disconnected")
     return EXIT_OK
+
+
+def _reload(args: argparse.Namespace) -> int:
+    result = _control(args, "reload")
+    if args.json:
+        _print_json(result)
+    else:
+        print(format_reload(result))
+    return EXIT_OK
+
+
+# --- human output ----------------------------------------------------------------------
+
+
+def format_status(status: Mapping[str, Any]) -> str:
+    """``status`` for a terminal: one line per subject."""
+    dataplane = status.get("dataplane", {})
+    lines = [
+        f"outpost concentrator {status.get('version', '?')}, "
+        f"up {format_duration(status.get('uptime_s'))}",
+        f"listen:      {', '.join(status.get('listen', [])) or '-'}",
+        f"tunnels:     {status.get('tunnels', 0)} "
+        f"(half-open IKE SAs: {status.get('half_open', 0)})",
+    ]
+    for family, usage in status.get("pool", {}).items():
+        lines.append(
+            f"pool {family}:   {usage.get('active', 0)} active of {usage.get('size', 0)}, "
+            f"{usage.get('released', 0)} released, {usage.get('free', 0)} free"
+        )
+    handshakes = status.get("handshakes", {})
+    lines.append(
+        f"handshakes:  {handshakes.get('established', 0)} established, "
+        f"{handshakes.get('failed', 0)} failed{_counts(status.get('handshake_failures', {}))}"
+    )
+    lines.append(f"closures:    {_counts(status.get('closures', {}), bare=True)}")
+    lines.append(f"ike drops:   {_counts(status.get('ike_drops', {}), bare=True)}")
+    for direction, label in (("inbound", "in"), ("outbound", "out")):
+        totals = dataplane.get(direction, {})
+        lines.append(
+            f"esp {label + ':':<8} {totals.get('packets', 0)} packets, "
+            f"{format_bytes(totals.get('bytes', 0))}, "
+            f"drops: {_counts(totals.get('drops', {}), bare=True)}"
+        )
+    memory = status.get("memory", {})
+    if memory:
+        parts = [f"{name} {format_bytes(rss)}" for name, rss in memory.items()]
+        lines.append(f"memory:      {', '.join(parts)}")
+    return "\n".join(lines)
+
+
+def _counts(counts: Mapping[str, int], bare: bool = False) -> str:
+    """``{"a": 1}`` as ``a 1, ...``; in parentheses after a total unless ``bare``."""
+    text = ", ".join(f"{reason} {count}" for reason, count in counts.items())
+    if bare:
+        return text or "none"
+    return f" ({text})" if text else ""
+
+
+SESSION_COLUMNS = ("ID", "IDENTITY", "OUTER", "INNER", "STATE", "UPTIME", "IN", "OUT", "ESP")
+
+
+def format_sessions(sessions: Sequence[Mapping[str, Any]]) -> str:
+    """``sessions`` as an aligned table, one tunnel per row."""
+    if not sessions:
+        return "no sessions"
+    rows = [SESSION_COLUMNS]
+    for session in sessions:
+        rows.append(
+            (
+                str(session.get("id", "")),
+                session.get("identity") or "-",
+                session.get("outer", "-"),
+                ",".join(session.get("inner", [])) or "-",
+                session.get("state", "-"),
+                format_duration(session.get("uptime_s")),
+                format_bytes(session.get("bytes_in", 0)),
+                format_bytes(session.get("bytes_out", 0)),
+                session.get("esp_suite") or "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(SESSION_COLUMNS))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def format_reload(report: Mapping[str, Any]) -> str:
+    """``reload``'s report: what changed among users, what waits for a restart."""
+    parts = []
+    for key in ("added", "removed", "changed"):
+        names = report.get(key, [])
+        parts.append(f"{len(names)} {key}" + (f" ({', '.join(names)})" if names else ""))
+    lines = [f"reloaded users: {', '.join(parts)}"]
+    restart = report.get("restart_required", [])
+    if restart:
+        lines.append(f"restart required for: {', '.join(restart)}")
+    return "\n".join(lines)
+
+
+def format_duration(seconds: float | None) -> str:
+    """``93784`` -> ``1d 2h 3m``; seconds shown only below a minute."""
+    if seconds is None:
+        return "-"
+    total = int(seconds)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h {minutes}m"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
+def format_bytes(count: float) -> str:
+    """Bytes in binary units, 3 significant digits: ``1.21 MiB``."""
+    value = float(count)
+    if value < 1024:
+        return f"{int(value)} B"
+    for unit in ("KiB", "MiB", "GiB"):
+        value /= 1024
+        if value < 1024:
+            return f"{value:.3g} {unit}"
+    return f"{value / 1024:.1f} TiB"
 
 
 if __name__ == "__main__":
