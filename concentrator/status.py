@@ -17,7 +17,7 @@ object with the asyncio loop.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -345,8 +345,3 @@ def reload_report(report: ReloadReport) -> dict[str, Any]:
         "changed": list(report.changed),
         "restart_required": list(report.restart_required),
     }
-
-
-def established_ids(sessions: Iterable[Mapping[str, Any]], identity: str) -> list[int]:
-    """Ids of the sessions of ``identity`` (what ``disconnect NAME`` resolves to)."""
-    return [s["id"] for s in sessions if s.get("identity") == identity]
