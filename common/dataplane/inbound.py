@@ -52,7 +52,7 @@ from common.dataplane.prefixmap import PrefixMap, parse_network
 from common.esp.natt import NON_ESP_MARKER, DatagramKind, classify, unframe_ike
 from common.esp.sa import Drop, InboundSa
 from common.esp.suites import suite_by_name
-from common.wire.mss import IPV6_TCP_FLAGS_AT, TCP_SYN, clamp_mss
+from common.wire.mss import clamp_mss
 from common.wire.offload import coalesce
 
 _Received = tuple[bytes, list[tuple[int, int, bytes]], int, Any]
@@ -139,28 +139,26 @@ class InboundWorker(Worker):
                 if not isinstance(inner, bytes):
                     continue  # counted by the SA, by reason
                 # A SYN is clamped before the source check: a spoofed one is dropped
-                # all the same. Protocol and SYN flag are tested here, so anything but
-                # a SYN costs no call.
+                # all the same. Protocol and SYN flag are tested here (flags at 33 after
+                # a 20-octet IPv4 header, 53 after IPv6's; other IPv4 header lengths are
+                # rare and left to clamp_mss), so anything but a SYN costs no call.
                 if inner[0] >> 4 == 4:
                     if len(inner) < 20:
                         drops[WorkerDrop.MALFORMED_INNER] += 1
                         continue
                     source_address = inner[12:16]
-                    if inner[9] == 6 and max_mss_v4:
-                        flags_at = ((inner[0] & 0x0F) << 2) + 13
-                        if flags_at < len(inner) and inner[flags_at] & TCP_SYN:
-                            inner = clamp_mss(inner, max_mss_v4)
+                    if (
+                        inner[9] == 6
+                        and max_mss_v4
+                        and (inner[0] != 0x45 or (len(inner) > 33 and inner[33] & 0x02))
+                    ):
+                        inner = clamp_mss(inner, max_mss_v4)
                 else:  # decapsulate guarantees 4 or 6
                     if len(inner) < 40:
                         drops[WorkerDrop.MALFORMED_INNER] += 1
                         continue
                     source_address = inner[8:24]
-                    if (
-                        inner[6] == 6
-                        and max_mss_v6
-                        and len(inner) > IPV6_TCP_FLAGS_AT
-                        and inner[IPV6_TCP_FLAGS_AT] & TCP_SYN
-                    ):
+                    if inner[6] == 6 and max_mss_v6 and len(inner) > 53 and inner[53] & 0x02:
                         inner = clamp_mss(inner, max_mss_v6)
                 if entry.allowed.lookup(source_address) is None:
                     drops[WorkerDrop.SPOOFED_SOURCE] += 1

@@ -41,7 +41,7 @@ from common.dataplane.messages import (
 from common.dataplane.prefixmap import IpNetwork, PrefixMap, parse_network
 from common.esp.sa import DROP_COUNT, Drop, OutboundSa
 from common.esp.suites import suite_by_name
-from common.wire.mss import IPV6_TCP_FLAGS_AT, TCP_SYN, clamp_mss
+from common.wire.mss import clamp_mss
 from common.wire.offload import segment
 
 _Endpoint = tuple[socket.socket, tuple[Any, ...]]
@@ -113,29 +113,27 @@ class OutboundWorker(Worker):
             first = packets[0]
             version = first[0] >> 4
             # A route found means the address was all there: at least 20 (40) octets.
-            # TCP SYNs get their MSS clamped; the flags are tested here so a data
-            # segment costs no call. A super packet's segments are never SYNs: the
-            # first one suffices.
+            # TCP SYNs get their MSS clamped; protocol and SYN flag are tested here
+            # (flags at 33 after a 20-octet IPv4 header, 53 after IPv6's; other IPv4
+            # header lengths are rare and left to clamp_mss), so a data segment costs
+            # no call. A super packet's segments are never SYNs: the first suffices.
             if version == 4:
                 peer = lookup(first[16:20])
                 if peer is None:
                     drops[WorkerDrop.NO_ROUTE] += 1
                     continue
-                if first[9] == 6 and max_mss_v4:
-                    flags_at = ((first[0] & 0x0F) << 2) + 13
-                    if flags_at < len(first) and first[flags_at] & TCP_SYN:
-                        packets[0] = clamp_mss(first, max_mss_v4)
+                if (
+                    first[9] == 6
+                    and max_mss_v4
+                    and (first[0] != 0x45 or (len(first) > 33 and first[33] & 0x02))
+                ):
+                    packets[0] = clamp_mss(first, max_mss_v4)
             elif version == 6:
                 peer = lookup(first[24:40])
                 if peer is None:
                     drops[WorkerDrop.NO_ROUTE] += 1
                     continue
-                if (
-                    first[6] == 6
-                    and max_mss_v6
-                    and len(first) > IPV6_TCP_FLAGS_AT
-                    and first[IPV6_TCP_FLAGS_AT] & TCP_SYN
-                ):
+                if first[6] == 6 and max_mss_v6 and len(first) > 53 and first[53] & 0x02:
                     packets[0] = clamp_mss(first, max_mss_v6)
             else:
                 drops[WorkerDrop.NOT_IP] += 1

@@ -42,8 +42,7 @@ from typing import Final, overload
 
 _TCP: Final = 6
 _SYN: Final = 0x02
-TCP_SYN: Final = _SYN
-IPV6_TCP_FLAGS_AT: Final = 53  # TCP flags octet right after a 40-octet IPv6 header
+_IPV6_TCP_FLAGS_AT: Final = 53  # TCP flags octet right after a 40-octet IPv6 header
 _OPT_EOL: Final = 0
 _OPT_NOP: Final = 1
 _OPT_MSS: Final = 2
@@ -81,7 +80,7 @@ def clamp_mss(packet: bytes | bytearray, max_mss: int) -> bytes | bytearray:
             return packet
         end = (packet[2] << 8) | packet[3]  # total length
     elif version == 6:
-        if packet[6] != _TCP or size < 60 or not packet[IPV6_TCP_FLAGS_AT] & _SYN:
+        if packet[6] != _TCP or size < 60 or not packet[_IPV6_TCP_FLAGS_AT] & _SYN:
             return packet
         tcp = 40
         end = 40 + ((packet[4] << 8) | packet[5])  # payload length

@@ -38,7 +38,7 @@ from typing import Any
 
 import pytest
 from scapy.compat import raw
-from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import IP, TCP, IPOption_Router_Alert
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Packet, Raw
 
@@ -726,6 +726,17 @@ def test_syn_mss_is_clamped_in_each_direction_and_data_is_untouched(
     ):
         into.route_in(packet)
         assert out_of.delivered() == packet  # a data segment crosses byte for byte
+
+
+def test_syn_with_ipv4_options_is_clamped(make_side: Callable[..., Side]) -> None:
+    """The workers' inline SYN test assumes a 20-octet header; longer ones go to clamp_mss."""
+    a, b = make_side(mss_clamp_mtu=CLAMP_MTU), make_side(mss_clamp_mtu=CLAMP_MTU)
+    connect(a, b)
+    segment = TCP(sport=40000, dport=443, flags="S", options=[("MSS", 1460)])
+    for src, dst, into, out_of in (("10.1.0.5", "10.2.0.7", a, b), ("10.2.0.7", "10.1.0.5", b, a)):
+        syn = bytes(raw(IP(src=src, dst=dst, options=[IPOption_Router_Alert()]) / segment))
+        into.route_in(syn)
+        assert_clamped(syn, out_of.delivered(), CLAMP_MTU - 40)
 
 
 def truncated_tcp(src: str, dst: str) -> bytes:
