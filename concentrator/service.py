@@ -32,18 +32,22 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from common.dataplane.control import DataPlane, DataPlaneCounters, Mode
 from common.dataplane.messages import PeerAddressChanged, RekeyNeeded, WorkerFailed
 from common.esp.suites import SUITES, tunnel_mtu
 from common.hostnet.base import AddressAssignment, HostNetwork, HostNetworkError, TunDevice
-from common.ike.exchanges import Address
+from common.ike import defaults
+from common.ike.exchanges import Address, tries_within
 from common.ike.policy import IkeConfiguration
 from concentrator.config import Config, load_config
+from concentrator.control import ControlServer
 from concentrator.manager import ManagerSettings, TunnelManager
+from concentrator.metrics import MetricsExporter
 from concentrator.pool import AddressPool
+from concentrator.status import build_sessions, build_status, process_memory
 from concentrator.store import SqliteStore, Store
 from concentrator.users import UserDirectory
 
@@ -77,7 +81,13 @@ class ServiceStats:
 
 
 class Concentrator:
-    """One concentrator: build with a config, ``await start()``, ``await stop()``."""
+    """One concentrator: build with a config, ``await start()``, ``await stop()``.
+
+    It is also the ``status.ServiceView`` the control socket and the metrics
+    read: everything they show is built on the loop from the manager and the
+    last data-plane counters (read every ``HOUSEKEEPING_S``, never on request:
+    ``DataPlane.counters`` blocks while the workers answer).
+    """
 
     def __init__(
         self,
@@ -111,17 +121,38 @@ class Concentrator:
         self.stopped = asyncio.Event()
         self._drained = asyncio.Event()  # stopping, and no tunnel left
         self.on_housekeeping: list[Callable[[], None]] = []
+        self._control: ControlServer | None = None
+        self._metrics: MetricsExporter | None = None
+        self._monotonic_start = 0.0
 
     # --- life cycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
         """Bind, create the TUN, start the data plane; raise (cleaned up) if any step fails."""
         self._loop = asyncio.get_running_loop()
+        self._monotonic_start = self._loop.time()
         try:
             self._start()
+            self._control = ControlServer(self, self.config.control.socket)
+            await self._control.start()
+            if self.config.metrics is not None:
+                self._metrics = MetricsExporter(self.config.metrics.host, self.config.metrics.port)
+                self._metrics.start()
+                self._metrics.update(self.status())
         except BaseException:
+            await self._close_interfaces()
             self._teardown()
             raise
+
+    async def _close_interfaces(self) -> None:
+        if self._control is not None:
+            with contextlib.suppress(Exception):
+                await self._control.close()
+            self._control = None
+        if self._metrics is not None:
+            with contextlib.suppress(Exception):
+                self._metrics.close()
+            self._metrics = None
 
     def _start(self) -> None:
         config = self.config
@@ -211,6 +242,7 @@ class Concentrator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained.wait(), SHUTDOWN_WAIT_S)
             log.info("stopped: %d tunnels deleted, %d did not answer", count, len(manager.tunnels))
+        await self._close_interfaces()
         self._teardown()
         self.stopped.set()
 
@@ -277,6 +309,37 @@ class Concentrator:
         }
         log.info("reloaded %s: %s", self.config.source, summary)
         return summary
+
+    def status(self) -> dict[str, Any]:
+        """``ServiceView.status``: the service at a glance (also the metrics snapshot)."""
+        assert self.manager is not None
+        assert self.pool is not None
+        assert self._loop is not None
+        pids = self.dataplane.worker_pids() if self.dataplane is not None else {}
+        return build_status(
+            self.manager,
+            self.counters,
+            self.pool,
+            listen=[str(a) for a in self.config.server.listen],
+            uptime_s=self._loop.time() - self._monotonic_start,
+            memory=process_memory(pids),
+        )
+
+    def sessions(self) -> list[dict[str, Any]]:
+        """``ServiceView.sessions``: one entry per tunnel."""
+        assert self.manager is not None
+        assert self._loop is not None
+        return build_sessions(
+            self.manager, self.counters, now=self._loop.time(), wall_now=time.time()
+        )
+
+    def disconnect(self, tunnel_id: int) -> bool:
+        """``ServiceView.disconnect``: delete one client's IKE SA (it is told)."""
+        assert self.manager is not None
+        assert self._loop is not None
+        found = self.manager.disconnect(tunnel_id, self._loop.time(), "disconnected by admin")
+        self._arm_timer()
+        return found
 
     # --- IKE in and out -----------------------------------------------------------------
 
@@ -401,6 +464,8 @@ class Concentrator:
             if sa.direction == "inbound":
                 inbound[sa.peer_id] = inbound.get(sa.peer_id, 0) + sa.packets
         manager.note_activity(inbound, loop.time())
+        if self._metrics is not None:
+            self._metrics.update(self.status())
         for callback in self.on_housekeeping:
             try:
                 callback()
@@ -433,6 +498,14 @@ def _manager_settings(config: Config) -> ManagerSettings:
         certificate_chain=server.certificate_chain,
         ike_rekey_time=config.lifetimes.ike,
         child_rekey_time=config.lifetimes.child,
+    )
+    # DPD (RFC 7296 2.4): a probe is retransmitted on charon's schedule, shortened
+    # so that a silent client is declared dead within ``[dpd] timeout``.
+    retransmit_timeout = min(defaults.RETRANSMIT_TIMEOUT_S, config.dpd.timeout / 4)
+    ike = replace(
+        ike,
+        retransmit_timeout=retransmit_timeout,
+        retransmit_tries=tries_within(config.dpd.timeout, retransmit_timeout, ike.retransmit_base),
     )
     return ManagerSettings(
         ike=ike,

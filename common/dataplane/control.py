@@ -236,6 +236,10 @@ class DataPlane:
         self._workers.append(worker)
         self._threads.append(thread)
 
+    def worker_pids(self) -> dict[str, int]:
+        """The worker processes by role, for memory reporting; empty in thread mode."""
+        return {role: p.pid for role, p in zip(ROLES, self._processes, strict=False)}
+
     def alive(self) -> bool:
         if self.mode == "process":
             return bool(self._processes) and all(p.poll() is None for p in self._processes)

@@ -41,6 +41,7 @@ from common.ike.events import (
 from common.ike.policy import Identity, IkeConfiguration
 from common.ike.session import IkeSession
 from concentrator.config import load_config
+from concentrator.control import control_request
 from concentrator.service import Concentrator
 from concentrator.store import MemoryStore
 from tests.helpers.concentrator_config import ALICE_PSK, BOB_PSK, base_document, write_config
@@ -268,8 +269,16 @@ async def test_client_gets_an_address_and_traffic_flows_both_ways(
         assert manager is not None
         await until(lambda: sum(manager.ike_drops.values()) >= 2)
         assert len(list(manager.established())) == 1
-        status = concentrator.stats
-        assert status.ike_received >= 2
+        assert concentrator.stats.ike_received >= 2
+
+        # The control socket answers from the running service (off the loop's thread).
+        path = concentrator.config.control.socket
+        status = await loop.run_in_executor(None, control_request, path, "status")
+        assert status["tunnels"] == 1
+        sessions = await loop.run_in_executor(None, control_request, path, "sessions")
+        assert [(s["identity"], s["inner"]) for s in sessions] == [
+            ("alice@example.com", [str(address)])
+        ]
 
 
 async def test_wrong_psk_is_refused_and_the_other_tunnel_stays(
