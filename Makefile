@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-DEB_PACKAGES := iproute2 iputils-ping iperf3 tshark procps \
+DEB_PACKAGES := iproute2 iputils-ping iperf3 tshark procps nftables \
 	strongswan-charon strongswan-swanctl strongswan-pki libcharon-extra-plugins \
 	libstrongswan-standard-plugins libstrongswan-extra-plugins
 
