@@ -39,6 +39,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+from common.tomlreader import ConfigError, Table
 from concentrator.config_model import (
     DEFAULT_CONTROL_SOCKET,
     DEFAULT_STORE,
@@ -66,7 +67,6 @@ from concentrator.config_sections import (
     load_simple_sections,
     load_users,
 )
-from concentrator.tomlreader import ConfigError, Table
 
 __all__ = [
     "CaConfig",

@@ -24,7 +24,9 @@ from common.ike.auth import SigningKey
 from common.ike.certs import load_certificates
 from common.ike.config import IpAddress, IpNetwork
 from common.ike.constants import IdType
+from common.ike.identities import identity_key, parse_identity
 from common.ike.proposals import esp_proposal, ike_proposal
+from common.tomlreader import Table
 from concentrator.config_model import (
     DEFAULT_COOKIE_THRESHOLD,
     DEFAULT_DPD_INTERVAL_S,
@@ -42,8 +44,6 @@ from concentrator.config_model import (
     ServerConfig,
     UserConfig,
 )
-from concentrator.identities import identity_key, parse_identity
-from concentrator.tomlreader import Table
 
 PSK_MIN_BYTES: Final = 8  # below: an error (guessable offline from one handshake)
 PSK_WEAK_BYTES: Final = 16  # below: a warning (RFC 7296 2.15: as strong as the PRF key)

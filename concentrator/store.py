@@ -49,7 +49,7 @@ class Lease:
 
     Attributes:
         address: the inner address (IPv4 or IPv6).
-        owner: the identity key (``concentrator.identities.identity_key``).
+        owner: the identity key (``common.ike.identities.identity_key``).
         active: a live session holds it; otherwise it is released, kept for
             ``owner`` until the pool runs out of never-used addresses.
         seq: when it was last leased or released, as a counter that only

@@ -6,7 +6,7 @@
 ``AddressPool``. One directory serves every session of the concentrator.
 
 Lookup: an identity matches its exact ``[[users]]`` entry (FQDN and e-mail
-ids compared without regard to case, ``concentrator.identities``), else the
+ids compared without regard to case, ``common.ike.identities``), else the
 first ``{n}`` pattern entry that matches it (``user-{n}@loadtest`` takes
 ``user-17@loadtest``; n without leading zeros, within ``n_min..n_max``).
 
@@ -36,10 +36,10 @@ from typing import Literal
 from cryptography import x509
 
 from common.ike.config import IpAddress, IpNetwork
+from common.ike.identities import identity_key, identity_text, parse_identity
 from common.ike.policy import CertificatePolicy, Identity
 from concentrator.config_model import Config, UserConfig
 from concentrator.config_sections import PATTERN
-from concentrator.identities import identity_key, identity_text, parse_identity
 from concentrator.pool import AddressPool
 
 _NUMBER = r"(0|[1-9][0-9]*)"

@@ -1,4 +1,4 @@
-"""IKE identities as the concentrator's configuration writes them and as it looks them up.
+"""IKE identities as configurations write them (concentrator, client profiles) and look them up.
 
 A configuration names a peer with one string; its IKE ID type follows from its
 shape, the way strongSwan's ``identification_create_from_string`` decides:

@@ -1,8 +1,10 @@
 """Typed, strict reading of a parsed TOML document, with errors that name file and key.
 
-The concentrator's configuration is written by hand on a server, so every
-mistake must be reported as precisely as possible and in one line an admin can
-act on: ``/etc/outpost/concentrator.toml: users[2].psk: shorter than 8 bytes``.
+The concentrator's configuration and the client's profiles are written by
+hand, so every mistake must be reported as precisely as possible and in one
+line a person can act on: ``/etc/outpost/concentrator.toml: users[2].psk:
+shorter than 8 bytes``. It lives in ``common/`` because both products read
+TOML this way (one reader, one error format).
 ``Table`` wraps one TOML table with its key path; its getters check types and
 remember which keys were read, and ``finish()`` turns every key nobody read
 into an error, so a typo (``mss_clmap``) never passes silently as a default.
