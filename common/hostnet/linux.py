@@ -24,6 +24,7 @@ import fcntl
 import os
 import struct
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from ipaddress import ip_address
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -155,7 +156,13 @@ class LinuxHostNetwork:
     """
 
     def __init__(self, *, iproute: Any = None, tun_path: str = TUN_PATH) -> None:
-        self._ipr: Any = IPRoute() if iproute is None else iproute
+        # pyroute2 (0.9) runs its synchronous API on an asyncio loop of its
+        # own, which fails inside a running loop ("This event loop is already
+        # running"): the client and the concentrator call us from theirs. So
+        # every netlink request runs on one private thread, which also keeps
+        # the IPRoute object on the thread that made it.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
+        self._ipr: Any = self._thread.submit(IPRoute).result() if iproute is None else iproute
         self._tun_path = tun_path
 
     # -- TUN ---------------------------------------------------------------
@@ -347,7 +354,10 @@ class LinuxHostNetwork:
 
     def close(self) -> None:
         """Close the netlink socket; the changes made stay in place."""
-        self._ipr.close()
+        try:
+            self._thread.submit(self._ipr.close).result()
+        finally:
+            self._thread.shutdown(wait=True)
 
     def __enter__(self) -> LinuxHostNetwork:
         return self
@@ -408,7 +418,7 @@ class LinuxHostNetwork:
     ) -> _T:
         """Run one netlink request, turning its errno into a :class:`HostNetworkError`."""
         try:
-            return call()
+            return self._thread.submit(call).result()
         except NetlinkError as exc:
             raise explain_errno(what, int(exc.code), reasons) from exc
         except OSError as exc:

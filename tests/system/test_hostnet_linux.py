@@ -14,6 +14,7 @@ A scenario fails with a traceback (and a non-zero status) that the test shows.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import select
@@ -96,6 +97,10 @@ def test_routes_mtu_lookup_and_forwarding(laptop: Host) -> None:
     }
     # The namespace's forwarding really changed; the lab's hosts start with it off.
     assert laptop.run(["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip() == "1"
+
+
+def test_usable_from_a_running_asyncio_loop(laptop: Host) -> None:
+    assert _scenario(laptop, "in-loop") == {"ifname": TUN, "source": "10.77.0.1"}
 
 
 @pytest.mark.needs_tool("setpriv")
@@ -211,7 +216,24 @@ def scenario_unprivileged() -> dict[str, object]:
     }
 
 
+def scenario_inside_a_running_loop() -> dict[str, object]:
+    """The client and the concentrator call us from their asyncio loop (pyroute2 0.9 did not)."""
+
+    async def main() -> dict[str, object]:
+        with LinuxHostNetwork() as net:
+            tun = net.create_tun(TUN, mtu=1400)
+            try:
+                net.add_address(tun.name, IPv4Interface("10.77.0.1/24"))
+                lookup = net.route_to(ip_address("10.77.0.9"))
+            finally:
+                tun.close()
+        return {"ifname": lookup.ifname, "source": str(lookup.source)}
+
+    return asyncio.run(main())
+
+
 SCENARIOS: dict[str, Callable[[], dict[str, object]]] = {
+    "in-loop": scenario_inside_a_running_loop,
     "tun-ipv4": scenario_tun_ipv4,
     "tun-ipv6": scenario_tun_ipv6,
     "routes": scenario_routes,
