@@ -398,8 +398,8 @@ class TunnelManager:
 
     def _lease(self, tunnel_id: int, identity: Identity, version: IpVersion) -> IpAddress | None:
         tunnel = self.tunnels.get(tunnel_id)
-        if tunnel is None:
-            return None  # forgotten while the core worked: nothing to hold a lease
+        if tunnel is None or tunnel.closing:
+            return None  # gone or going while the core worked: nothing to hold a lease
         older = self._by_identity.get(identity)
         if older is not None and older is not tunnel and self.settings.unique_identities:
             log.info("tunnel %d %s replaces tunnel %d", tunnel.tunnel_id, identity, older.tunnel_id)
@@ -412,9 +412,12 @@ class TunnelManager:
         return address
 
     def _release(self, tunnel: Tunnel) -> None:
+        """Give the tunnel's addresses back, once; ``leased`` stays for the last log line."""
+        if tunnel.released:
+            return
+        tunnel.released = True
         for address in tunnel.leased:
             self.policy.release(address)
-        tunnel.leased = ()
 
     # --- one tunnel's output ---------------------------------------------------------------
 

@@ -51,6 +51,7 @@ class Tunnel:
     half_open_key: tuple[bytes, str, int] | None = None
     children: dict[int, ChildRecord] = field(default_factory=dict)
     leased: tuple[IpAddress, ...] = ()
+    released: bool = False  # ``leased`` went back to the pool
     allocated_spis: set[int] = field(default_factory=set)
     psk_auth: bool = False  # authenticated with a PSK (else a certificate)
     routed: bool = False  # the data plane holds SAs under ``tunnel_id``

@@ -63,7 +63,7 @@ from tests.helpers.concentrator_lab import (
     send_raw,
     write_document,
 )
-from tests.helpers.netns import Host, NetnsCommandError, NetnsLab
+from tests.helpers.netns import Host, NetnsLab
 from tests.helpers.packets import ipv4_header, ipv4_udp
 from tests.helpers.pki import make_ca, make_leaf
 
@@ -255,15 +255,6 @@ def wait_until(condition: Callable[[], Any], *, timeout: float, what: str) -> An
         time.sleep(0.25)
 
 
-def control_wired(concentrator: ConcentratorProcess) -> bool:
-    """Whether the service answers on its control socket (the lead is wiring it)."""
-    try:
-        concentrator.status()
-    except NetnsCommandError:
-        return False
-    return True
-
-
 def inbound_drops(concentrator: ConcentratorProcess) -> dict[str, int]:
     """The data plane's inbound drops by reason (``status --json``)."""
     drops: dict[str, int] = concentrator.status()["dataplane"]["inbound"]["drops"]
@@ -365,8 +356,7 @@ def test_forged_inner_source_is_dropped(env: Env, swans: Swans) -> None:
     _, bob_vip = swans.connect(1, BOB)
     sink = UdpSink(env.lab.lan, LAN_HOST_IP, SINK_PORT, env.tmp / f"sink-{time.monotonic_ns()}")
     sink.start()
-    wired = control_wired(concentrator)
-    spoofed_before = inbound_drops(concentrator).get("spoofed_source", 0) if wired else 0
+    spoofed_before = inbound_drops(concentrator).get("spoofed_source", 0)
 
     spi, sent, keymat = alice.outbound_sa()
     token = os.urandom(8).hex().encode()
@@ -390,8 +380,6 @@ def test_forged_inner_source_is_dropped(env: Env, swans: Swans) -> None:
     assert not concentrator.find(r"tunnel down", since=mark), concentrator.log_text(mark)
 
     # The drop is counted (status --json; the housekeeping tick refreshes it).
-    if not wired:
-        pytest.xfail("control socket not wired yet: the spoofed_source counter is unchecked")
     wait_until(
         lambda: inbound_drops(concentrator).get("spoofed_source", 0) > spoofed_before,
         timeout=HOUSEKEEPING_S + 5,
@@ -454,8 +442,7 @@ def test_garbage_truncated_and_replayed_datagrams_change_nothing(env: Env, swans
     before = alice.sas()[0]
     recorded = _capture_esp(laptop, env.tmp / "alice-esp.pcap", 10, lambda: ping(laptop, 15))
     assert len(recorded) == 10
-    wired = control_wired(concentrator)
-    drops_before = inbound_drops(concentrator) if wired else {}
+    drops_before = inbound_drops(concentrator)
 
     rng = random.Random(4)
     attacker = LAPTOP_IPS[1]
@@ -493,9 +480,6 @@ def test_garbage_truncated_and_replayed_datagrams_change_nothing(env: Env, swans
     assert not concentrator.find(r"tunnel down|moved", since=mark), concentrator.log_text(mark)
     ping(laptop)
 
-    if not wired:
-        pytest.xfail("control socket not wired yet: drop counters unchecked")
-
     def replays_counted() -> dict[str, int] | None:
         drops = inbound_drops(concentrator)
         return drops if drops.get("replayed", 0) > drops_before.get("replayed", 0) else None
@@ -513,8 +497,6 @@ def test_status_sessions_and_metrics_show_the_tunnel(env: Env, swans: Swans) -> 
     """``status --json`` and ``sessions --json`` name alice and her address; metrics count 1."""
     concentrator = env.gateway.ensure()
     _, vip = swans.connect(0, ALICE)
-    if not control_wired(concentrator):
-        pytest.xfail("control socket not wired yet")
     assert concentrator.status()["tunnels"] == 1
     sessions = concentrator.sessions()
     assert [(s["identity"], s["inner"]) for s in sessions] == [(ALICE, [vip])], sessions
@@ -637,11 +619,6 @@ def test_certificate_user_connects_and_pings(env: Env, swans: Swans) -> None:
 # --- the log line of a tunnel's end -------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="manager._forget logs 'tunnel down' after _unroute/_release emptied tunnel.leased: "
-    "the line always says 'inner -'",
-)
 def test_tunnel_down_line_names_the_inner_address(env: Env, swans: Swans) -> None:
     """The admin's log says which address a closed tunnel had (issue 4: one line per event)."""
     concentrator = env.gateway.ensure()
