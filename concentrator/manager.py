@@ -440,10 +440,19 @@ class TunnelManager:
         if session.state is IkeSaState.CLOSED:
             self._forget(tunnel, tunnel.close_reason or "closed", now)
             return
+        self._index_spis(tunnel)
         if tunnel.established and session.remote_addr != tunnel.remote:
             # An authenticated IKE message came from a new address (RFC 7296 2.23).
             self.peer_moved(tunnel.tunnel_id, session.remote_addr)
         self._reschedule(tunnel)
+
+    def _index_spis(self, tunnel: Tunnel) -> None:
+        """Route every IKE SA of the session here, retiring and redundant ones too."""
+        for spi_i, spi_r in tunnel.session.ike_spi_pairs:
+            for spi in (spi_i, spi_r):
+                if spi != ZERO_SPI and spi not in tunnel.ike_spis:
+                    tunnel.ike_spis.add(spi)
+                    self._by_spi.setdefault(spi, tunnel)
 
     def _reschedule(self, tunnel: Tunnel) -> None:
         deadlines = [tunnel.session.get_timer(), tunnel.dpd_due]

@@ -127,6 +127,11 @@ class RetiringSa:
         """Every SA here is gone: the session may drop this object."""
         return all(old.done for old in self._olds)
 
+    @property
+    def spi_pairs(self) -> tuple[tuple[bytes, bytes], ...]:
+        """(SPIi, SPIr) of every SA here, so a driver can route their messages to the session."""
+        return tuple((old.sa.spi_i, old.sa.spi_r) for old in self._olds if not old.done)
+
     def owns(self, header: IkeHeader) -> bool:
         """Whether ``header`` names the SPIs of one of the SAs here."""
         return self._owner(header) is not None

@@ -197,6 +197,20 @@ class IkeSession(SessionIntake):
         return self._sa.remote_addr
 
     @property
+    def ike_spi_pairs(self) -> tuple[tuple[bytes, bytes], ...]:
+        """(SPIi, SPIr) of the current IKE SA and of any a rekey replaced (or a
+        collision made redundant) that still exchange messages.
+
+        A driver that routes datagrams to sessions by SPI (the concentrator)
+        must route all of them here: the retiring SAs' Deletes travel under
+        their own SPIs (RFC 7296 2.8.2, 2.18).
+        """
+        pairs = [(self._sa.spi_i, self._sa.spi_r)]
+        if self._retiring is not None:
+            pairs += self._retiring.spi_pairs
+        return tuple(pairs)
+
+    @property
     def use_nat_t(self) -> bool:
         """Send from UDP 4500 with the non-ESP marker (RFC 7296 2.23, RFC 3948 2.2).
 

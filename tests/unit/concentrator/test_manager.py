@@ -414,3 +414,29 @@ def test_many_clients_one_timer_structure(count: int) -> None:
     deadline = lab.manager.next_deadline()
     assert deadline is not None
     assert deadline > lab.now
+
+
+def test_a_simultaneous_ike_rekey_routes_the_redundant_sas_messages() -> None:
+    """RFC 7296 2.8.2: both sides rekey the IKE SA at once; the loser's new SA is
+    deleted under its own SPIs, which the manager must route to the session."""
+    lab = Lab()
+    alice = lab.client()
+    lab.connect(alice)
+    (tunnel,) = lab.manager.established()
+    tunnel.session.rekey_ike(lab.now)
+    alice.session.rekey_ike(lab.now)
+    lab.manager._service(tunnel, lab.now)
+    lab.flush()
+    lab.advance(60.0)  # past the 30 s wait for a redundant SA's Delete
+    assert lab.manager.ike_drops["unknown SPI"] == 0
+    assert (alice.session.spi_i, alice.session.spi_r) == (
+        tunnel.session.spi_i,
+        tunnel.session.spi_r,
+    )
+    assert not alice.session.exchanging
+    assert not tunnel.session.exchanging
+    # The surviving SA works: a liveness check is answered.
+    alice.session.check_liveness(lab.now)
+    lab.flush()
+    assert not alice.session.exchanging
+    assert lab.manager.tunnels == {tunnel.tunnel_id: tunnel}
