@@ -44,8 +44,11 @@ from pathlib import Path
 from typing import Final
 
 from client.broadcast import Broadcaster, Subscription
-from client.hostsetup import DirectHostSetup, HostSetup, NetworkPlan, Undo, plan_routes
+from client.dns import DnsEnvironment, DnsError
+from client.hostsetup import HostSetup, ManagedHostSetup, NetworkPlan, Undo
+from client.hoststate import HostStateBusy, repair_stale
 from client.profile import GatewayUnresolved, Profile, resolve_gateway
+from client.routes import plan_routes
 from client.state import (
     ClientStatus,
     LogLine,
@@ -55,7 +58,7 @@ from client.state import (
     TunnelInfo,
     TunnelState,
 )
-from client.statusd import StatusView, default_socket_path
+from client.statusd import StatusView, default_socket_path, default_state_dir
 from common.dataplane.control import DataPlane, DataPlaneCounters, DataPlaneError, Mode
 from common.dataplane.messages import PeerAddressChanged, RekeyNeeded, SaPair, WorkerFailed
 from common.esp.natt import NON_ESP_MARKER
@@ -135,7 +138,8 @@ class Controller:
         tun_name: str = DEFAULT_TUN,
         status_socket: Path | None = None,
         serve_status: bool = True,
-        state_file: Path | None = None,
+        state_dir: Path | None = None,
+        dns_env: DnsEnvironment | None = None,
         setup: HostSetup | None = None,
         handshake_give_up_s: float = HANDSHAKE_GIVE_UP_S,
         rng: random.Random | None = None,
@@ -152,8 +156,11 @@ class Controller:
             tun_name: the TUN's name; ``%d`` lets the kernel number it.
             status_socket: where ``outpost status`` finds us (default
                 ``statusd.default_socket_path()``); ``serve_status=False`` for none.
-            state_file: the stale-state record (``client.hostsetup``).
-            setup: routes and DNS (default ``HostSetup`` over ``host``).
+            state_dir: where the stale-state records live (``client.hoststate``;
+                default ``/run/outpost`` for root, else the runtime directory).
+            dns_env: how DNS is changed (``client.dns``; tests point it at a
+                temporary directory).
+            setup: routes, DNS and their record (default ``ManagedHostSetup``).
             handshake_give_up_s: how long an unanswered request (IKE_SA_INIT, DPD,
                 rekey) is retransmitted before the gateway counts as gone.
             rng: back-off jitter (tests pass a seeded one).
@@ -166,7 +173,8 @@ class Controller:
         self._local_address = local_address
         self._tun_name = tun_name
         self._status_path = (status_socket or default_socket_path()) if serve_status else None
-        self._state_file = state_file
+        self._state_dir = state_dir or default_state_dir()
+        self._dns_env = dns_env
         self._setup = setup
         self._give_up_s = handshake_give_up_s
         self._rng = rng or random.Random()
@@ -232,6 +240,14 @@ class Controller:
         self._publish(
             ClientStatus(TunnelState.CONNECTING, self.profile.name, self.profile.gateway.address)
         )
+        try:
+            repairs = repair_stale(self._state_dir, self._host_network(), dns_env=self._dns_env)
+        except (HostNetworkError, OSError) as error:
+            denied = isinstance(error, HostNetworkError) and error.errno in _DENIED
+            self._end_attempt(_Outcome(NO_CAP_NET_ADMIN if denied else str(error), retry=False))
+            return
+        for line in repairs:  # a client killed with -9 left these behind
+            self._say("warning", line)
         self._start_attempt(first=True)
 
     async def disconnect(self) -> None:
@@ -618,8 +634,11 @@ class Controller:
             self._configure(lease, child)
             self._install(session, child)
         except HostNetworkError as error:
-            denied = error.errno in (errno.EPERM, errno.EACCES)
+            denied = error.errno in _DENIED
             self._give_up(_Outcome(NO_CAP_NET_ADMIN if denied else str(error), retry=False))
+            return
+        except (HostStateBusy, DnsError) as error:
+            self._give_up(_Outcome(str(error), retry=False))
             return
         except (DataPlaneError, OSError, ValueError) as error:
             self._give_up(_Outcome(f"the data plane could not start: {error}", retry=False))
@@ -689,6 +708,7 @@ class Controller:
                 )
         self._lease = lease
         tunnel = self.profile.tunnel
+        gateway = ipaddress.ip_address(self._gateway_ip)
         offered = lease.all_subnets or tuple(
             n for n in selector_networks(child.remote_ts) if n.prefixlen > 0
         )
@@ -696,9 +716,9 @@ class Controller:
             tun=self._tun.name,
             mode=tunnel.mode,
             routes=plan_routes(
-                tunnel.mode, (*offered, *tunnel.subnets), lease.address_v6 is not None
-            ),
-            gateway=ipaddress.ip_address(self._gateway_ip),
+                tunnel.mode, gateway, offered, tunnel.subnets, lease.addresses
+            ).networks,
+            gateway=gateway,
             dns=lease.all_dns if tunnel.dns else (),
             set_dns=tunnel.dns,
         )
@@ -904,7 +924,12 @@ class Controller:
 
     def _host_setup(self) -> HostSetup:
         if self._setup is None:
-            self._setup = DirectHostSetup(self._host_network(), self._state_file)
+            self._setup = ManagedHostSetup(
+                self._host_network(),
+                self.profile.name,
+                state_dir=self._state_dir,
+                dns_env=self._dns_env,
+            )
         return self._setup
 
     async def _start_status_socket(self) -> None:
@@ -962,6 +987,7 @@ class Controller:
         return loop.time()
 
 
+_DENIED: Final = (errno.EPERM, errno.EACCES)
 _LEVELS: Final = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 

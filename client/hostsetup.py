@@ -6,31 +6,27 @@ servers); ``HostSetup`` makes it so and hands back one undo. The stale-state
 record is written *before* any change, so a client killed halfway leaves a
 note that the next start repairs (issue 5).
 
-``DirectHostSetup`` routes through ``HostNetwork`` itself and leaves DNS
-alone; it is the fallback while ``client/routes.py`` and ``client/dns.py``
-(route plan/apply/undo, resolved/resolv.conf, stale repair) are not in place,
-and what the in-process tests use.
+The implementation is ``client.hoststate.ManagedHostSetup`` (``client.routes``,
+``client.dns`` and the ``HostState`` file); tests may pass their own.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
-import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from common.hostnet.base import HostNetwork, HostNetworkError, IpAddress, IpNetwork, Route
+from client.dns import AppliedDns, DnsEnvironment, DnsError, DnsSettings, apply_dns
+from client.hoststate import STATE_DIR, HostState
+from client.routes import RoutePlan, apply_routes
+from common.hostnet.base import HostNetwork, HostNetworkError, IpAddress, IpNetwork
 
 log = logging.getLogger("outpost.client")
 
 Undo = Callable[[], None]
-FULL_TUNNEL = (ipaddress.ip_network("0.0.0.0/1"), ipaddress.ip_network("128.0.0.0/1"))
-FULL_TUNNEL_V6 = (ipaddress.ip_network("::/1"), ipaddress.ip_network("8000::/1"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +35,7 @@ class NetworkPlan:
 
     tun: str
     mode: str  # "split" or "full"
-    routes: tuple[IpNetwork, ...]  # into the TUN
+    routes: tuple[IpNetwork, ...]  # into the TUN (``client.routes.plan_routes``)
     gateway: IpAddress  # the outer address; in full tunnel it keeps its own route
     dns: tuple[IpAddress, ...] = ()
     set_dns: bool = True
@@ -62,68 +58,93 @@ class HostSetup(Protocol):
         ...
 
 
-def plan_routes(mode: str, networks: tuple[IpNetwork, ...], ipv6: bool) -> tuple[IpNetwork, ...]:
-    """Full tunnel: two half-defaults per family (they beat the default route without
-    replacing it); split: the networks given, without duplicates."""
-    if mode == "full":
-        return FULL_TUNNEL + (FULL_TUNNEL_V6 if ipv6 else ())
-    unique: list[IpNetwork] = []
-    for network in networks:
-        if network not in unique and network.prefixlen > 0:
-            unique.append(network)
-    return tuple(unique)
+class ManagedHostSetup:
+    """``HostSetup`` over ``client.routes``, ``client.dns`` and ``client.hoststate``.
 
+    Each change is recorded in the profile's ``HostState`` file before it is
+    made (``before_change`` hooks), so ``repair_stale`` at the next start can
+    undo what a killed client left. Call ``repair_stale`` before the first
+    ``record`` (the controller does, in ``connect``).
+    """
 
-class DirectHostSetup:
-    """Routes through ``HostNetwork``, no DNS; a JSON stale-state record."""
-
-    def __init__(self, host: HostNetwork, state_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        host: HostNetwork,
+        profile: str,
+        *,
+        state_dir: Path = STATE_DIR,
+        dns_env: DnsEnvironment | None = None,
+    ) -> None:
         self._host = host
-        self._state_file = state_file
+        self._state = HostState(state_dir, profile)
+        self._dns_env = dns_env
+        self._begun = False
+
+    @property
+    def state(self) -> HostState:
+        """The state file being kept."""
+        return self._state
 
     def record(self, plan: NetworkPlan) -> None:
-        if self._state_file is None:
-            return
-        record = {
-            "pid": os.getpid(),
-            "tun": plan.tun,
-            "mode": plan.mode,
-            "routes": [str(n) for n in plan.routes],
-            "gateway": str(plan.gateway),
-            "dns": [str(a) for a in plan.dns],
-        }
-        self._state_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temporary = self._state_file.with_suffix(".tmp")
-        temporary.write_text(json.dumps(record))
-        os.replace(temporary, self._state_file)
+        """Claim (or refresh) the state file with the TUN, before anything else changes.
+
+        Raises:
+            HostStateBusy: another running client holds this profile.
+        """
+        if not self._begun:
+            self._state.begin()
+            self._begun = True
+        self._state.set_tun(plan.tun)
 
     def apply(self, plan: NetworkPlan) -> Undo:
-        added: list[Route] = []
+        """Routes, then DNS; the undo restores both (DNS first), once.
+
+        Raises:
+            HostNetworkError: a route could not be added (none is left).
+            DnsError: DNS could not be set (routes and DNS are undone).
+        """
+        route_plan = RoutePlan(
+            "full" if plan.mode == "full" else "split", plan.gateway, plan.routes
+        )
+        routes = apply_routes(
+            self._host, plan.tun, route_plan, before_change=self._state.add_routes
+        )
+        dns: AppliedDns | None = None
+        if plan.dns and plan.set_dns:
+            settings = DnsSettings(plan.dns, full_tunnel=plan.mode == "full")
+            try:
+                dns = apply_dns(
+                    settings,
+                    plan.tun,
+                    env=self._dns_env,
+                    label=self._state.profile,
+                    before_change=self._state.set_dns,
+                )
+            except DnsError:
+                with contextlib.suppress(HostNetworkError):
+                    routes.undo()
+                self._state.clear_routes()
+                raise
 
         def undo() -> None:
-            for route in reversed(added):
-                with contextlib.suppress(HostNetworkError):
-                    self._host.remove_route(route)
-            added.clear()
+            try:
+                if dns is not None:
+                    try:
+                        dns.undo()
+                    except DnsError as error:  # the message says how to fix it by hand
+                        log.error("%s", error)
+                    self._state.set_dns(None)
+            finally:
+                try:
+                    routes.undo()
+                except HostNetworkError as error:
+                    log.error("removing routes: %s", error)
+                self._state.clear_routes()
 
-        try:
-            if plan.mode == "full":
-                # The tunnel must never route itself: pin the gateway to today's path.
-                path = self._host.route_to(plan.gateway)
-                host_net = ipaddress.ip_network(plan.gateway)
-                if path.ifname != "lo":
-                    added.append(
-                        self._host.add_route(host_net, ifname=path.ifname, gateway=path.gateway)
-                    )
-            for network in plan.routes:
-                added.append(self._host.add_route(network, ifname=plan.tun))
-        except HostNetworkError:
-            undo()
-            raise
-        if plan.dns and plan.set_dns:
-            log.info("DNS servers offered: %s", ", ".join(str(a) for a in plan.dns))
         return undo
 
     def forget(self) -> None:
-        if self._state_file is not None:
-            self._state_file.unlink(missing_ok=True)
+        """Everything was undone: remove the state file."""
+        if self._begun:
+            self._state.finish()
+            self._begun = False

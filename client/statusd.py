@@ -35,6 +35,11 @@ def default_socket_path() -> Path:
     return Path(f"/tmp/outpost-{os.getuid()}/client.sock")  # no session manager: still private
 
 
+def default_state_dir() -> Path:
+    """Where stale-state records go: ``/run/outpost`` for root, else the runtime directory."""
+    return default_socket_path().parent
+
+
 def candidate_socket_paths() -> list[Path]:
     """Where ``outpost status`` looks, in order: this user's place, then root's."""
     paths = [default_socket_path()]

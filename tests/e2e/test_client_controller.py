@@ -21,14 +21,17 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from client.controller import Controller
+from client.dns import DnsEnvironment
+from client.hoststate import state_path
 from client.profile import AuthSettings, GatewaySettings, Profile, TunnelSettings
 from client.state import LogLine, TunnelState
 from common.hostnet.memory import MemoryHostNetwork
@@ -145,6 +148,17 @@ def make_profile(tmp_path: Path, psk: str = ALICE_PSK) -> Profile:
     )
 
 
+def no_commands(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    """No ``ip netns``, no systemd-resolved: DNS goes to the test's resolv.conf."""
+    return subprocess.CompletedProcess(list(argv), 1, "", "")
+
+
+def dns_environment(tmp_path: Path) -> DnsEnvironment:
+    (tmp_path / "etc").mkdir(exist_ok=True)
+    (tmp_path / "etc" / "resolv.conf").write_text("nameserver 192.0.2.53\n")
+    return DnsEnvironment(root=tmp_path, runner=no_commands, which=lambda _name: None)
+
+
 @pytest_asyncio.fixture
 async def client(tmp_path: Path) -> AsyncIterator[tuple[Controller, SocketpairHost]]:
     host = SocketpairHost()
@@ -155,7 +169,8 @@ async def client(tmp_path: Path) -> AsyncIterator[tuple[Controller, SocketpairHo
         local_address=CLIENT_IP,
         tun_name="outpost-c0",
         status_socket=tmp_path / "client.sock",
-        state_file=tmp_path / "client-state.json",
+        state_dir=tmp_path / "run",
+        dns_env=dns_environment(tmp_path),
         handshake_give_up_s=3.0,
     )
     try:
@@ -211,7 +226,8 @@ async def test_connect_ping_rekey_and_disconnect(
     assert tunnel.gateway == f"{GATEWAY_IP}:4500"
     assert tunnel.gateway_identity == "vpn.example.com"
     assert tunnel.dns == ("10.99.0.53",)
-    assert set(tunnel.routes) == {"10.99.0.0/24", "10.99.1.0/24", "10.99.7.0/24"}
+    # The gateway's two /24s collapse into one /23, plus the profile's own subnet.
+    assert tunnel.routes == ("10.99.0.0/23", "10.99.7.0/24")
     assert tunnel.esp_suite == "aes256gcm16"
     assert tunnel.ike_suite
     assert tunnel.inbound_spi
@@ -220,7 +236,10 @@ async def test_connect_ping_rekey_and_disconnect(
     assert tunnel.next_rekey_at > time.time()
     assert host.addresses("outpost-c0") == [ipaddress.ip_interface(f"{inner}/32")]
     assert {str(r.network) for r in host.routes()} == set(tunnel.routes)
-    assert (tmp_path / "client-state.json").exists()
+    state_file = state_path(tmp_path / "run", "office")
+    assert state_file.exists()
+    resolv_conf = tmp_path / "etc" / "resolv.conf"
+    assert "nameserver 10.99.0.53" in resolv_conf.read_text()
 
     # The status socket answers outside the loop's thread.
     loop = asyncio.get_running_loop()
@@ -284,7 +303,8 @@ async def test_connect_ping_rekey_and_disconnect(
     assert host.routes() == []
     assert "outpost-c0" not in host.links
     assert host.tun.closed
-    assert not (tmp_path / "client-state.json").exists()
+    assert not state_file.exists()
+    assert resolv_conf.read_text() == "nameserver 192.0.2.53\n"
 
     lines = []
     while True:
@@ -345,6 +365,8 @@ async def test_wrong_psk_fails_without_retry(gateway: Gateway, tmp_path: Path) -
         local_address=CLIENT_IP,
         tun_name="outpost-c0",
         serve_status=False,
+        state_dir=tmp_path / "run",
+        dns_env=dns_environment(tmp_path),
         handshake_give_up_s=3.0,
     )
     try:
