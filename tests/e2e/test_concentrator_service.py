@@ -23,6 +23,7 @@ import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -41,7 +42,7 @@ from common.ike.events import (
 from common.ike.policy import Identity, IkeConfiguration
 from common.ike.session import IkeSession
 from concentrator.config import load_config
-from concentrator.control import control_request
+from concentrator.control import ControlError, control_request
 from concentrator.service import Concentrator
 from concentrator.store import MemoryStore
 from tests.helpers.concentrator_config import ALICE_PSK, BOB_PSK, base_document, write_config
@@ -95,11 +96,13 @@ class Client:
     events: list[IkeEvent] = field(default_factory=list)
 
     @classmethod
-    def make(cls, address: str, identity: str, psk: str) -> Client:
-        ike = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        natt = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        ike.bind((address, 500))
-        natt.bind((address, 4500))
+    def make(cls, address: str, identity: str, psk: str, gateway: str = GATEWAY_IP) -> Client:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        ike = socket.socket(family, socket.SOCK_DGRAM)
+        natt = socket.socket(family, socket.SOCK_DGRAM)
+        # IPv6 loopback has one address, which the gateway holds: take free ports.
+        ike.bind((address, 500 if family == socket.AF_INET else 0))
+        natt.bind((address, 4500 if family == socket.AF_INET else 0))
         for sock in (ike, natt):
             sock.setblocking(False)
         config = IkeConfiguration(
@@ -110,7 +113,10 @@ class Client:
             esp_proposals=("aes256gcm16",),
         )
         session = IkeSession(
-            config, is_initiator=True, local_addr=(address, 500), remote_addr=(GATEWAY_IP, 500)
+            config,
+            is_initiator=True,
+            local_addr=ike.getsockname()[:2],
+            remote_addr=(gateway, 500),
         )
         return cls(session, ike, natt)
 
@@ -137,7 +143,7 @@ class Client:
                         esp.append(data)
                         continue
                     data = data[len(NON_ESP_MARKER) :]
-                self.session.receive_datagram(data, source, now)
+                self.session.receive_datagram(data, source[:2], now)
         self.pump(now)
         return esp
 
@@ -171,14 +177,7 @@ async def until(predicate: Callable[[], object], client: Client | None = None) -
 
 @pytest_asyncio.fixture
 async def service(tmp_path: Path) -> AsyncIterator[tuple[Concentrator, SocketpairHost]]:
-    document = base_document()
-    document["server"] = {
-        "listen": [GATEWAY_IP],
-        "identity": "vpn.example.com",
-        "tun": "outpost-test0",
-    }
-    document["pool"] = {"ipv4": "10.99.100.0/24", "dns": ["10.99.0.53"]}
-    document["lan"] = {"subnets": ["10.99.0.0/24", "10.99.1.0/24"]}
+    document = service_document()
     config = load_config(write_config(tmp_path, document))
     host = SocketpairHost()
     concentrator = Concentrator(config, host=host, dataplane_mode="thread", store=MemoryStore())
@@ -189,9 +188,21 @@ async def service(tmp_path: Path) -> AsyncIterator[tuple[Concentrator, Socketpai
         await concentrator.stop()
 
 
+def service_document() -> dict[str, Any]:
+    document = base_document()
+    document["server"] = {
+        "listen": [GATEWAY_IP, "::1"],
+        "identity": "vpn.example.com",
+        "tun": "outpost-test0",
+    }
+    document["pool"] = {"ipv4": "10.99.100.0/24", "dns": ["10.99.0.53"]}
+    document["lan"] = {"subnets": ["10.99.0.0/24", "10.99.1.0/24"]}
+    return document
+
+
 @contextlib.contextmanager
-def client_at(address: str, identity: str, psk: str) -> Iterator[Client]:
-    client = Client.make(address, identity, psk)
+def client_at(address: str, identity: str, psk: str, gateway: str = GATEWAY_IP) -> Iterator[Client]:
+    client = Client.make(address, identity, psk, gateway)
     try:
         yield client
     finally:
@@ -344,3 +355,62 @@ def _drops(concentrator: Concentrator) -> int:
     assert concentrator.dataplane is not None
     counters = concentrator.dataplane.counters()
     return sum(v for k, v in counters.inbound.items() if "spoof" in k or "selector" in k)
+
+
+async def test_a_client_over_ipv6_gets_its_tunnel_from_the_ipv6_socket(
+    service: tuple[Concentrator, SocketpairHost],
+) -> None:
+    concentrator, host = service
+    assert host.tun is not None
+    with client_at("::1", "alice@example.com", ALICE_PSK, gateway="::1") as alice:
+        await connect(alice)
+        child, address = alice.child(), alice.address()
+        assert child is not None
+        assert address is not None
+        outbound, inbound = esp_pair(child)
+        gateway_natt = ("::1", 4500)
+        ping = ipv4_icmp_echo(str(address), "10.99.0.10", seq=7)
+        packet = outbound.encapsulate(ping)
+        assert isinstance(packet, bytes)
+        alice.natt.sendto(packet, gateway_natt)
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, _recv, host.tun.kernel) == ping
+        reply = ipv4_icmp_echo("10.99.0.10", str(address), seq=7, reply=True)
+        host.tun.kernel.send(reply)
+        received: list[bytes] = []
+        await until(lambda: bool(received) or bool(received.extend(alice.receive(loop.time()))))
+        assert inbound.decapsulate(received[0]) == reply
+        (session,) = concentrator.sessions()
+        assert session["outer"].startswith("[::1]:")
+
+
+async def test_reload_disconnects_removed_users_and_keeps_the_others(
+    service: tuple[Concentrator, SocketpairHost],
+) -> None:
+    concentrator, _host = service
+    manager = concentrator.manager
+    assert manager is not None
+    loop = asyncio.get_running_loop()
+    with (
+        client_at("127.77.0.2", "alice@example.com", ALICE_PSK) as alice,
+        client_at("127.77.0.3", "bob@example.com", BOB_PSK) as bob,
+    ):
+        await connect(alice)
+        await connect(bob)
+        document = service_document()
+        document["users"] = [u for u in document["users"] if u["id"] != "bob@example.com"]
+        write_config(concentrator.config.source.parent, document)
+        path = concentrator.config.control.socket
+        report = await loop.run_in_executor(None, control_request, path, "reload")
+        assert report["removed"] == ["bob@example.com"]
+        assert report["disconnected"] == 1
+        await until(lambda: any(isinstance(e, IkeSaDeleted) for e in bob.events), bob)
+        assert [str(t.identity) for t in manager.established()] == ["alice@example.com"]
+        alice.session.check_liveness(loop.time())
+        alice.pump(loop.time())
+        await until(lambda: not alice.session.exchanging, alice)
+        # A broken config is refused and the running one stays.
+        concentrator.config.source.write_text("[server\n")
+        with pytest.raises(ControlError, match=r"concentrator\.toml"):
+            await loop.run_in_executor(None, control_request, path, "reload")
+        assert [str(t.identity) for t in manager.established()] == ["alice@example.com"]
