@@ -32,14 +32,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import ipaddress
 import logging
 import random
-import socket
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
@@ -47,30 +45,38 @@ from client.broadcast import Broadcaster, Subscription
 from client.dns import DnsEnvironment, DnsError
 from client.hostsetup import HostSetup, ManagedHostSetup, NetworkPlan, Undo
 from client.hoststate import HostStateBusy, repair_stale
+from client.outcomes import (
+    DENIED,
+    NO_CAP_NET_ADMIN,
+    Outcome,
+    classify_child_failure,
+    classify_failure,
+    host_port,
+    same_host,
+    selector_networks,
+    traffic_from,
+)
 from client.profile import GatewayUnresolved, Profile, resolve_gateway
 from client.routes import plan_routes
 from client.state import (
     ClientStatus,
     LogLine,
     StateChanged,
-    Traffic,
     TrafficSample,
     TunnelInfo,
     TunnelState,
 )
 from client.statusd import StatusView, default_socket_path, default_state_dir
+from client.transport import IkeTransport
 from common.dataplane.control import DataPlane, DataPlaneCounters, DataPlaneError, Mode
 from common.dataplane.messages import PeerAddressChanged, RekeyNeeded, SaPair, WorkerFailed
-from common.esp.natt import NON_ESP_MARKER
 from common.esp.suites import suite_by_name, tunnel_mtu
 from common.hostnet.base import (
     AddressAssignment,
     HostNetwork,
     HostNetworkError,
-    IpNetwork,
     TunDevice,
 )
-from common.ike.constants import NotifyType
 from common.ike.events import (
     AddressAssigned,
     ChildSaDeleted,
@@ -87,7 +93,6 @@ from common.ike.events import (
 )
 from common.ike.exchanges import Address, tries_within
 from common.ike.identities import identity_text
-from common.ike.payloads import TrafficSelector
 from common.ike.session import IkeSaState, IkeSession
 from concentrator.control import ControlError, ControlServer
 
@@ -96,25 +101,13 @@ log = logging.getLogger("outpost.client")
 PEER_ID: Final = 1  # the data plane's name for our one peer, the gateway
 TICK_S: Final = 1.0  # counters -> TrafficSample and DPD
 KEEPALIVE_S: Final = 20.0  # RFC 3948 2.3 suggests 20 s
-KEEPALIVE: Final = b"\xff"  # RFC 3948 2.3: one octet 0xFF
 DELETE_WAIT_S: Final = 2.0
 HANDSHAKE_GIVE_UP_S: Final = 10.0  # instead of charon's 165 s: reconnect starts promptly
 RETRANSMIT_TIMEOUT_S: Final = 2.0
 RETRANSMIT_BASE: Final = 1.5
 FIRST_BACKOFF_S: Final = 1.0
 JITTER: Final = 0.2  # each back-off is stretched or shrunk by up to 20%
-IKE_BATCH: Final = 64
-MAX_DATAGRAM: Final = 65535
 DEFAULT_TUN: Final = "outpost%d"
-NO_CAP_NET_ADMIN: Final = "Outpost needs root or CAP_NET_ADMIN to create its network device"
-
-
-@dataclass(frozen=True, slots=True)
-class _Outcome:
-    """How an attempt ended: the words for the person, and whether to try again."""
-
-    message: str
-    retry: bool
 
 
 class Controller:
@@ -184,9 +177,7 @@ class Controller:
         self._control: ControlServer | None = None
         # Per connection (connect .. disconnect):
         self._gateway_ip: str | None = None
-        self._ike: socket.socket | None = None
-        self._natt: socket.socket | None = None
-        self._natt_on_loop = False
+        self._transport: IkeTransport | None = None
         self._session: IkeSession | None = None
         self._heard_from_gateway = False
         self._ike_established: IkeSaEstablished | None = None
@@ -195,7 +186,7 @@ class Controller:
         self._pending_child: ChildSaEstablished | None = None
         self._children: dict[int, int] = {}  # inbound SPI -> outbound SPI, installed
         self._current: ChildSaEstablished | None = None
-        self._failure: _Outcome | None = None
+        self._failure: Outcome | None = None
         self._session_closed = asyncio.Event()
         self._attempt_task: asyncio.Task[None] | None = None
         # Host state kept across reconnections:
@@ -243,8 +234,8 @@ class Controller:
         try:
             repairs = repair_stale(self._state_dir, self._host_network(), dns_env=self._dns_env)
         except (HostNetworkError, OSError) as error:
-            denied = isinstance(error, HostNetworkError) and error.errno in _DENIED
-            self._end_attempt(_Outcome(NO_CAP_NET_ADMIN if denied else str(error), retry=False))
+            denied = isinstance(error, HostNetworkError) and error.errno in DENIED
+            self._end_attempt(Outcome(NO_CAP_NET_ADMIN if denied else str(error), retry=False))
             return
         for line in repairs:  # a client killed with -9 left these behind
             self._say("warning", line)
@@ -310,20 +301,22 @@ class Controller:
             address = await loop.run_in_executor(None, resolve_gateway, self.profile)
         except GatewayUnresolved as error:
             self._attempt_task = None
-            self._end_attempt(_Outcome(str(error), retry=True))
+            self._end_attempt(Outcome(str(error), retry=True))
             return
         self._attempt_task = None
         if self._status.state not in (TunnelState.CONNECTING, TunnelState.RECONNECTING):
             return  # disconnected meanwhile
-        try:
-            self._bind(str(address))
-        except OSError as error:
-            self._end_attempt(
-                _Outcome(f"cannot open a UDP socket: {error.strerror or error}", True)
+        if self._transport is None:
+            self._transport = IkeTransport(
+                loop, self._receive_ike, self._service, self._dataplane_failed
             )
+        try:
+            self._transport.bind(str(address), self._local_address)
+        except OSError as error:
+            self._end_attempt(Outcome(f"cannot open a UDP socket: {error.strerror or error}", True))
             return
-        assert self._ike is not None
-        local = self._ike.getsockname()
+        self._gateway_ip = str(address)
+        local = self._transport.local_address
         configuration = self.profile.ike_configuration(
             # Our data plane speaks only UDP-encapsulated ESP (RFC 3948): move to
             # 4500 even without a NAT, as strongSwan's encap=yes does.
@@ -349,13 +342,13 @@ class Controller:
         self._session_closed.clear()
         self._say(
             "info",
-            f"connecting to {_host_port(str(address), self._gateway_port)}"
+            f"connecting to {host_port(str(address), self._gateway_port)}"
             + ("" if first else f" (attempt {self._status.reconnect_attempt + 1})"),
         )
         self._session.initiate(self._now())
         self._service()
 
-    def _end_attempt(self, outcome: _Outcome) -> None:
+    def _end_attempt(self, outcome: Outcome) -> None:
         """The IKE SA is gone or never came: retry with back-off, or give up (FAILED)."""
         self._session = None
         self._cancel_timer()
@@ -404,99 +397,14 @@ class Controller:
 
     # --- IKE in and out --------------------------------------------------------------------
 
-    def _bind(self, gateway_ip: str) -> None:
-        """Our two UDP sockets, once per connection (they outlive reconnections)."""
-        if self._ike is not None and self._gateway_ip == gateway_ip:
-            return
-        if self._ike is not None and self._dataplane is not None:
-            # The data plane owns the NAT-T socket: keep it, the family rarely changes.
-            self._gateway_ip = gateway_ip
-            return
-        self._close_sockets()
-        family = socket.AF_INET6 if ":" in gateway_ip else socket.AF_INET
-        local = self._local_address or ("::" if family == socket.AF_INET6 else "0.0.0.0")
-        ike = socket.socket(family, socket.SOCK_DGRAM)
-        natt = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            for sock in (ike, natt):
-                sock.bind((local, 0))
-            ike.setblocking(False)  # read on the loop; the NAT-T one blocks for the workers
-        except OSError:
-            ike.close()
-            natt.close()
-            raise
-        self._ike, self._natt, self._gateway_ip = ike, natt, gateway_ip
-        loop = self._loop
-        assert loop is not None
-        loop.add_reader(ike.fileno(), self._on_ike_500)
-        loop.add_reader(natt.fileno(), self._on_natt_before_dataplane)
-        self._natt_on_loop = True
-
-    def _on_ike_500(self) -> None:
-        sock = self._ike
-        if sock is None:
-            return
-        for _ in range(IKE_BATCH):
-            try:
-                data, source = sock.recvfrom(MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as error:  # ICMP port unreachable surfaces here: not fatal
-                log.debug("IKE socket: %s", error)
-                continue
-            self._receive_ike(data, (source[0], source[1]))
-        self._service()
-
-    def _on_natt_before_dataplane(self) -> None:
-        """IKE on the NAT-T socket while no data plane reads it (the first IKE_AUTH)."""
-        sock = self._natt
-        if sock is None:
-            return
-        for _ in range(IKE_BATCH):
-            try:
-                data, source = sock.recvfrom(MAX_DATAGRAM, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as error:
-                log.debug("NAT-T socket: %s", error)
-                continue
-            if data.startswith(NON_ESP_MARKER):  # ESP or keepalives before an SA: nothing to do
-                self._receive_ike(data[len(NON_ESP_MARKER) :], (source[0], source[1]))
-        self._service()
-
-    def _on_ike_4500(self) -> None:
-        dataplane = self._dataplane
-        if dataplane is None:
-            return
-        try:
-            datagrams = dataplane.read_ike()
-        except Exception as error:
-            self._dataplane_failed(f"reading IKE from the data plane: {error}")
-            return
-        for datagram in datagrams:
-            self._receive_ike(datagram.data, datagram.address)
-        self._service()
-
     def _receive_ike(self, data: bytes, source: Address) -> None:
         session = self._session
         if session is None or self._gateway_ip is None:
             return
-        if _same_host(source[0], self._gateway_ip):
+        if same_host(source[0], self._gateway_ip):
             self._heard_from_gateway = True
             self._last_activity = self._now()
         session.receive_datagram(data, source, self._now())
-
-    def _send_ike(self, data: bytes, address: Address, nat_t: bool) -> None:
-        try:
-            if nat_t:
-                if self._dataplane is not None:
-                    self._dataplane.send_ike(data, address)
-                elif self._natt is not None:
-                    self._natt.sendto(NON_ESP_MARKER + data, address)
-            elif self._ike is not None:
-                self._ike.sendto(data, address)
-        except OSError as error:  # lost like any datagram; the core retransmits
-            log.debug("sending IKE to %s: %s", address, error)
 
     def _service(self) -> None:
         """Send what the session queued, handle its events, re-arm the timer (one loop)."""
@@ -507,7 +415,8 @@ class Controller:
         while True:
             datagrams = session.datagrams_to_send(now)
             for data, address in datagrams:
-                self._send_ike(data, address, session.use_nat_t)
+                if self._transport is not None:
+                    self._transport.send(data, address, session.use_nat_t)
             events = []
             while (event := session.next_event()) is not None:
                 events.append(event)
@@ -569,7 +478,7 @@ class Controller:
             case ChildSaDeleted():
                 self._on_child_deleted(event)
             case ChildSaFailed():
-                outcome = _classify_child_failure(event)
+                outcome = classify_child_failure(event)
                 self._failure = outcome
                 session.delete(self._now())
             case RekeyFailed():
@@ -577,33 +486,22 @@ class Controller:
             case IkeSaRekeyed():
                 log.info("IKE SA rekeyed")
             case IkeSaFailed():
-                self._closed(self._failure or self._classify(event))
+                self._closed(
+                    self._failure
+                    or classify_failure(event, self._gateway_text(), self._heard_from_gateway)
+                )
             case IkeSaDeleted():
                 if event.by_peer:
-                    self._closed(_Outcome("the gateway closed the tunnel", retry=True))
+                    self._closed(Outcome("the gateway closed the tunnel", retry=True))
                 else:
-                    self._closed(self._failure or _Outcome("tunnel deleted", retry=True))
+                    self._closed(self._failure or Outcome("tunnel deleted", retry=True))
             case PeerUnreachable():
-                self._closed(_Outcome("gateway unreachable", retry=True))
+                self._closed(Outcome("gateway unreachable", retry=True))
 
-    def _classify(self, event: IkeSaFailed) -> _Outcome:
-        """The words and the decision for a handshake that failed."""
-        gateway = _host_port(self._gateway_ip or self.profile.gateway.address, self._gateway_port)
-        match event.notify:
-            case NotifyType.AUTHENTICATION_FAILED if event.reason.startswith("responder refused"):
-                return _Outcome("the gateway refused your credentials", retry=False)
-            case NotifyType.AUTHENTICATION_FAILED:
-                return _Outcome(f"the gateway could not prove its identity ({event.reason})", False)
-            case NotifyType.NO_PROPOSAL_CHOSEN:
-                return _Outcome("the gateway accepts none of our algorithms", retry=False)
-            case None if event.reason == "peer unreachable":
-                if not self._heard_from_gateway:
-                    return _Outcome(f"no answer from {gateway}", retry=True)
-                return _Outcome("the gateway stopped answering", retry=True)
-            case _:
-                return _Outcome(f"the handshake failed: {event.reason}", retry=True)
+    def _gateway_text(self) -> str:
+        return host_port(self._gateway_ip or self.profile.gateway.address, self._gateway_port)
 
-    def _closed(self, outcome: _Outcome) -> None:
+    def _closed(self, outcome: Outcome) -> None:
         """The session closed (every ChildSaDeleted came before this)."""
         self._session_closed.set()
         self._end_attempt(outcome)
@@ -634,14 +532,14 @@ class Controller:
             self._configure(lease, child)
             self._install(session, child)
         except HostNetworkError as error:
-            denied = error.errno in _DENIED
-            self._give_up(_Outcome(NO_CAP_NET_ADMIN if denied else str(error), retry=False))
+            denied = error.errno in DENIED
+            self._give_up(Outcome(NO_CAP_NET_ADMIN if denied else str(error), retry=False))
             return
         except (HostStateBusy, DnsError) as error:
-            self._give_up(_Outcome(str(error), retry=False))
+            self._give_up(Outcome(str(error), retry=False))
             return
         except (DataPlaneError, OSError, ValueError) as error:
-            self._give_up(_Outcome(f"the data plane could not start: {error}", retry=False))
+            self._give_up(Outcome(f"the data plane could not start: {error}", retry=False))
             return
         self._current = child
         self._last_activity = self._now()
@@ -662,8 +560,10 @@ class Controller:
     def _create_device(self, child: ChildSaEstablished) -> None:
         """The TUN (MTU from the path to the gateway) and the data plane that owns it."""
         host = self._host_network()
+        transport = self._transport
         assert self._gateway_ip is not None
-        assert self._natt is not None
+        assert transport is not None
+        assert transport.natt is not None
         gateway = ipaddress.ip_address(self._gateway_ip)
         try:
             path_mtu = host.route_to(gateway).mtu
@@ -677,15 +577,12 @@ class Controller:
         self._tun_mtu = mtu
         loop = self._loop
         assert loop is not None
-        if self._natt_on_loop:
-            loop.remove_reader(self._natt.fileno())
-            self._natt_on_loop = False
         dataplane = DataPlane(
-            self._tun.fileno(), self._natt, mode=self._dataplane_mode, mss_clamp_mtu=mtu
+            self._tun.fileno(), transport.natt, mode=self._dataplane_mode, mss_clamp_mtu=mtu
         )
         dataplane.start()
         self._dataplane = dataplane
-        loop.add_reader(dataplane.ike_fd, self._on_ike_4500)
+        transport.hand_over(dataplane)
         for fd in dataplane.event_fds():
             loop.add_reader(fd, self._on_dataplane_events)
         self._tick = loop.call_later(TICK_S, self._on_tick)
@@ -751,7 +648,7 @@ class Controller:
         dataplane.install_sa(pair)
         self._children[child.inbound_spi] = child.outbound_spi
 
-    def _give_up(self, outcome: _Outcome) -> None:
+    def _give_up(self, outcome: Outcome) -> None:
         """End the attempt with ``outcome``, telling the gateway first when there is an SA."""
         session = self._session
         if session is not None and session.state is IkeSaState.ESTABLISHED:
@@ -777,7 +674,7 @@ class Controller:
             self._dataplane_failed(f"reading its counters: {error}")
             return
         self.counters = counters
-        traffic = _traffic(counters)
+        traffic = traffic_from(counters)
         self._status = replace(self._status, traffic=traffic)
         self._broadcast.publish(TrafficSample(time.time(), traffic))
         now = self._now()
@@ -810,9 +707,8 @@ class Controller:
         loop = self._loop
         if loop is None or self._dataplane is None:
             return
-        if self._status.state is TunnelState.CONNECTED and self._natt and self._gateway_ip:
-            with contextlib.suppress(OSError):
-                self._natt.sendto(KEEPALIVE, (self._gateway_ip, self._natt_port))
+        if self._status.state is TunnelState.CONNECTED and self._transport is not None:
+            self._transport.keepalive(self._natt_port)
         self._keepalive = loop.call_later(KEEPALIVE_S, self._on_keepalive)
 
     def _on_dataplane_events(self) -> None:
@@ -847,7 +743,7 @@ class Controller:
         self._service()
 
     def _dataplane_failed(self, reason: str) -> None:
-        self._give_up(_Outcome(f"the data plane stopped: {reason}", retry=False))
+        self._give_up(Outcome(f"the data plane stopped: {reason}", retry=False))
         self._service()
 
     def _call_dataplane(self, method: Callable[..., None], *args: object) -> None:
@@ -879,9 +775,11 @@ class Controller:
         self._addresses.clear()
         loop = self._loop
         dataplane, self._dataplane = self._dataplane, None
+        if self._transport is not None:
+            self._transport.release()
         if dataplane is not None:
-            if loop is not None and dataplane.alive():
-                for fd in (dataplane.ike_fd, *dataplane.event_fds()):
+            if loop is not None:
+                for fd in dataplane.event_fds():
                     with contextlib.suppress(Exception):
                         loop.remove_reader(fd)
             with contextlib.suppress(Exception):
@@ -898,19 +796,9 @@ class Controller:
         self._children.clear()
         self._current = None
         self._inbound_packets = 0
-        self._close_sockets()
-
-    def _close_sockets(self) -> None:
-        loop = self._loop
-        for sock in (self._ike, self._natt):
-            if sock is None:
-                continue
-            if loop is not None and sock.fileno() >= 0:
-                with contextlib.suppress(Exception):
-                    loop.remove_reader(sock.fileno())
-            sock.close()
-        self._ike = self._natt = None
-        self._natt_on_loop = False
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
         self._gateway_ip = None
 
     # --- helpers ---------------------------------------------------------------------------------
@@ -954,7 +842,7 @@ class Controller:
             next_rekey_at = time.time() + (lifetime.rekey_at - self._now())
         host, port = session.remote_addr
         return TunnelInfo(
-            gateway=_host_port(host, port),
+            gateway=host_port(host, port),
             gateway_identity=identity_text(self.profile.gateway.identity),
             inner_ipv4=str(lease.address) if lease.address else None,
             inner_ipv6=str(lease.address_v6) if lease.address_v6 else None,
@@ -987,57 +875,4 @@ class Controller:
         return loop.time()
 
 
-_DENIED: Final = (errno.EPERM, errno.EACCES)
 _LEVELS: Final = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
-
-
-def _classify_child_failure(event: ChildSaFailed) -> _Outcome:
-    match event.notify:
-        case NotifyType.NO_PROPOSAL_CHOSEN:
-            return _Outcome("the gateway accepts none of our algorithms", retry=False)
-        case NotifyType.INTERNAL_ADDRESS_FAILURE:
-            return _Outcome("the gateway has no address left for you", retry=True)
-        case NotifyType.TS_UNACCEPTABLE:
-            return _Outcome("the gateway refused the networks we asked for", retry=False)
-        case _:
-            return _Outcome(f"the gateway refused the tunnel: {event.reason}", retry=True)
-
-
-def _traffic(counters: DataPlaneCounters) -> Traffic:
-    drops: dict[str, int] = {}
-    for totals in (counters.inbound, counters.outbound):
-        for key, value in totals.items():
-            if key.startswith("drop_"):
-                reason = key.removeprefix("drop_")
-                drops[reason] = drops.get(reason, 0) + value
-    return Traffic(
-        packets_in=counters.inbound.get("packets", 0),
-        packets_out=counters.outbound.get("packets", 0),
-        bytes_in=counters.inbound.get("octets", 0),
-        bytes_out=counters.outbound.get("octets", 0),
-        drops=drops,
-    )
-
-
-def selector_networks(selectors: Iterable[TrafficSelector]) -> tuple[IpNetwork, ...]:
-    """The exact CIDR cover of address-range traffic selectors (RFC 7296 3.13.1)."""
-    networks: list[IpNetwork] = []
-    for selector in selectors:
-        start, end = selector.start_address, selector.end_address
-        if start.version == end.version and int(start) <= int(end):
-            networks.extend(ipaddress.summarize_address_range(start, end))
-    return tuple(networks)
-
-
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _same_host(a: str, b: str) -> bool:
-    try:
-        left, right = ipaddress.ip_address(a.partition("%")[0]), ipaddress.ip_address(b)
-    except ValueError:
-        return False
-    if isinstance(left, ipaddress.IPv6Address) and left.ipv4_mapped is not None:
-        return left.ipv4_mapped == right
-    return left == right
