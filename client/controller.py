@@ -6,12 +6,9 @@ the front ends use (the TUI, ``outpost up``, the status socket). It is glue
 in the aioquic shape (STYLE.md principle 2), the concentrator service's twin
 (``concentrator/service.py``):
 
-- UDP socket "500" (an ephemeral port: the gateway's port is what matters),
-  read here with ``loop.add_reader``, carries IKE_SA_INIT;
-- UDP socket "4500" carries IKE after the NAT-T move (our gateway forces it,
-  and so do we: our data plane speaks only UDP-encapsulated ESP) and ESP.
-  Until the data plane exists this loop reads it; then the data plane's
-  inbound worker owns it and hands IKE up through ``DataPlane.ike_fd``;
+- two UDP sockets (``transport.py``): "500" for IKE_SA_INIT, "4500" for IKE
+  after the NAT-T move (forced by us too: our data plane speaks only
+  UDP-encapsulated ESP) and ESP, owned by the data plane once it exists;
 - one loop timer at the IKE session's deadline, re-armed after every piece
   of work; a one-second tick reads the data-plane counters (``TrafficSample``,
   DPD judged from inbound ESP), and a 20-second NAT keepalive (RFC 3948 2.3);
