@@ -182,6 +182,7 @@ class Controller:
         self._lease: AddressAssigned | None = None  # the one configured on the host
         self._pending_child: ChildSaEstablished | None = None
         self._children: dict[int, int] = {}  # inbound SPI -> outbound SPI, installed
+        self._active_outbound: int | None = None  # the outbound SPI the data plane sends on
         self._current: ChildSaEstablished | None = None
         self._failure: Outcome | None = None
         self._session_closed = asyncio.Event()
@@ -468,7 +469,10 @@ class Controller:
             case ChildSaEstablished():
                 self._pending_child = event
             case ChildSaRekeyed():
-                self._install(session, event.established)
+                # When the gateway started the rekey, send on the new SA only once
+                # the old one is deleted: our answer may still be on its way, so
+                # the gateway may not decrypt the new SA yet (RFC 7296 2.8).
+                self._install(session, event.established, defer_outbound=not event.initiated_by_us)
                 self._current = event.established
                 self._say("info", "rekeyed Child SA")
                 self._publish_tunnel()
@@ -510,11 +514,17 @@ class Controller:
             # No SA left: stop encrypting with a dead one (the routes stay, so
             # packets die quietly in the data plane instead of leaking outside).
             self._call_dataplane(self._dataplane.remove_peer, PEER_ID)
+        elif self._dataplane is not None and self._active_outbound not in self._children.values():
+            # The SA we sent on is gone: the newest one left carries our traffic now.
+            newest = list(self._children.values())[-1]
+            self._call_dataplane(self._dataplane.activate_outbound, PEER_ID, newest)
+            self._active_outbound = newest
 
     def _forget_children(self) -> None:
         if self._children and self._dataplane is not None:
             self._call_dataplane(self._dataplane.remove_peer, PEER_ID)
         self._children.clear()
+        self._active_outbound = None
         self._current = None
 
     # --- bringing the tunnel up ----------------------------------------------------------------
@@ -626,11 +636,14 @@ class Controller:
         self._network_undo = setup.apply(plan)
         self._plan = plan
 
-    def _install(self, session: IkeSession, child: ChildSaEstablished) -> None:
+    def _install(
+        self, session: IkeSession, child: ChildSaEstablished, *, defer_outbound: bool = False
+    ) -> None:
         """One SA pair into the data plane (make-before-break: the old one stays inbound)."""
         dataplane = self._dataplane
         if dataplane is None:
             return
+        defer_outbound = defer_outbound and bool(self._children)
         pair = SaPair(
             peer_id=PEER_ID,
             suite=child.esp_suite,
@@ -641,9 +654,12 @@ class Controller:
             inbound_keymat=child.inbound_keymat,
             outbound_keymat=child.outbound_keymat,
             esn=child.esn,
+            defer_outbound=defer_outbound,
         )
         dataplane.install_sa(pair)
         self._children[child.inbound_spi] = child.outbound_spi
+        if not defer_outbound:
+            self._active_outbound = child.outbound_spi
 
     def _give_up(self, outcome: Outcome) -> None:
         """End the attempt with ``outcome``, telling the gateway first when there is an SA."""
@@ -791,6 +807,7 @@ class Controller:
         self._plan = None
         self._lease = None
         self._children.clear()
+        self._active_outbound = None
         self._current = None
         self._inbound_packets = 0
         if self._transport is not None:

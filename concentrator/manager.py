@@ -107,6 +107,8 @@ class DataPlanePort(Protocol):
 
     def remove_peer(self, peer_id: int) -> None: ...
 
+    def activate_outbound(self, peer_id: int, outbound_spi: int) -> None: ...
+
     def set_peer_address(self, peer_id: int, address: tuple[str, int]) -> None: ...
 
 
@@ -483,7 +485,11 @@ class TunnelManager:
             case ChildSaEstablished():
                 self._install(tunnel, event, now)
             case ChildSaRekeyed():
-                self._install(tunnel, event.established, now)
+                # As the rekey's responder, keep sending on the old SA until it is
+                # deleted: the client may not have our answer yet (RFC 7296 2.8).
+                self._install(
+                    tunnel, event.established, now, defer_outbound=not event.initiated_by_us
+                )
                 log.info(
                     "child rekeyed %s %08x -> %08x",
                     tunnel.identity,
@@ -498,6 +504,13 @@ class TunnelManager:
                     # the client's inner address routed to it.
                     self.dataplane.remove_peer(tunnel.tunnel_id)
                     tunnel.routed = False
+                elif tunnel.children and tunnel.active_outbound not in {
+                    c.outbound_spi for c in tunnel.children.values()
+                }:
+                    # The SA we sent on is gone: switch to the newest one left.
+                    newest = max(tunnel.children.values(), key=lambda c: c.installed_at)
+                    self.dataplane.activate_outbound(tunnel.tunnel_id, newest.outbound_spi)
+                    tunnel.active_outbound = newest.outbound_spi
                 self._inbound_spis.discard(event.inbound_spi)
                 tunnel.allocated_spis.discard(event.inbound_spi)
             case ChildSaFailed():
@@ -551,7 +564,14 @@ class TunnelManager:
             if older.tunnel_id in self.tunnels:
                 self._service(older, now)
 
-    def _install(self, tunnel: Tunnel, event: ChildSaEstablished, now: float) -> None:
+    def _install(
+        self,
+        tunnel: Tunnel,
+        event: ChildSaEstablished,
+        now: float,
+        *,
+        defer_outbound: bool = False,
+    ) -> None:
         networks = selector_networks(event.remote_ts)
         pair = SaPair(
             peer_id=tunnel.tunnel_id,
@@ -565,8 +585,11 @@ class TunnelManager:
             esn=event.esn,
             replay_window=self.settings.replay_window,
             local_socket=self._local_sockets.get(tunnel.local[0], 0),
+            defer_outbound=defer_outbound and tunnel.routed,
         )
         self.dataplane.install_sa(pair)
+        if not pair.defer_outbound:
+            tunnel.active_outbound = event.outbound_spi
         tunnel.routed = True
         first = not tunnel.children
         tunnel.children[event.inbound_spi] = ChildRecord(

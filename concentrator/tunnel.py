@@ -55,6 +55,7 @@ class Tunnel:
     allocated_spis: set[int] = field(default_factory=set)
     psk_auth: bool = False  # authenticated with a PSK (else a certificate)
     routed: bool = False  # the data plane holds SAs under ``tunnel_id``
+    active_outbound: int | None = None  # the outbound SPI the data plane sends on
     # Liveness (RFC 7296 2.4): the inbound packet count seen at the last sweep,
     # when it last moved, and when to probe an idle client next.
     inbound_packets: int = 0

@@ -33,6 +33,7 @@ from typing import Any, Final
 
 from common.dataplane.channel import receive_message, send_message
 from common.dataplane.messages import (
+    ActivateOutbound,
     Applied,
     CountersReport,
     InstallSa,
@@ -211,6 +212,8 @@ class Worker:
                 self._remove_peer(peer_id)
             case SetPeerAddress(peer_id, address, local_socket):
                 self._set_peer_address(peer_id, address, local_socket)
+            case ActivateOutbound(peer_id, outbound_spi):
+                self._activate_outbound(peer_id, outbound_spi)
             case RequestCounters(token):
                 self._notify(self._counters(token))
             case _:
@@ -224,6 +227,9 @@ class Worker:
 
     def _remove_peer(self, peer_id: int) -> None:
         raise NotImplementedError
+
+    def _activate_outbound(self, peer_id: int, outbound_spi: int) -> None:
+        """Only the outbound worker sends."""
 
     def _set_peer_address(self, peer_id: int, address: PeerAddress, local_socket: int) -> None:
         raise NotImplementedError

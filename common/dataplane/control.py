@@ -40,6 +40,7 @@ from common.dataplane.base import as_sockets, enable_udp_offloads, native_addres
 from common.dataplane.channel import channel_pair, receive_message, send_message
 from common.dataplane.inbound import InboundWorker
 from common.dataplane.messages import (
+    ActivateOutbound,
     Applied,
     CountersReport,
     Event,
@@ -299,6 +300,10 @@ class DataPlane:
     def remove_peer(self, peer_id: int) -> None:
         self._apply(ROLES, RemovePeer(peer_id))
 
+    def activate_outbound(self, peer_id: int, outbound_spi: int) -> None:
+        """Send on an SA installed with ``defer_outbound`` from now on (no-op if unknown)."""
+        self._apply(("outbound",), ActivateOutbound(peer_id, outbound_spi))
+
     def set_peer_address(self, peer_id: int, address: PeerAddress, local_socket: int = 0) -> None:
         """Send to the peer at ``address`` from socket ``local_socket`` (``PeerAddressChanged``)."""
         self._check_endpoint(address, local_socket)
@@ -320,7 +325,7 @@ class DataPlane:
     def _apply(
         self,
         roles: tuple[str, ...],
-        command: InstallSa | RemoveInboundSa | RemovePeer | SetPeerAddress,
+        command: InstallSa | RemoveInboundSa | RemovePeer | SetPeerAddress | ActivateOutbound,
         timeout_s: float = 5.0,
     ) -> None:
         """Send ``command`` and wait until each worker says it took effect."""

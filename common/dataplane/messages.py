@@ -47,6 +47,11 @@ class SaPair:
     replay_window: int = 4096
     soft_seq_limit: int | None = None
     local_socket: int = 0
+    # Install the inbound half only and keep sending on the current outbound SA
+    # until ``ActivateOutbound`` names this one: the responder of a Child SA
+    # rekey must not use the new SA before the initiator has installed its
+    # inbound half, or packets in flight meet an unknown SPI (RFC 7296 2.8).
+    defer_outbound: bool = False
 
 
 # -- control plane -> worker ------------------------------------------------
@@ -74,6 +79,14 @@ class RemovePeer:
 
 
 @dataclass(frozen=True, slots=True)
+class ActivateOutbound:
+    """Start sending to ``peer_id`` on the deferred outbound SA ``outbound_spi``."""
+
+    peer_id: int
+    outbound_spi: int
+
+
+@dataclass(frozen=True, slots=True)
 class SetPeerAddress:
     """Follow the peer to a new address (NAT rebinding, RFC 7296 2.23), from ``local_socket``."""
 
@@ -96,7 +109,7 @@ class Request:
     """
 
     token: int
-    command: InstallSa | RemoveInboundSa | RemovePeer | SetPeerAddress
+    command: InstallSa | RemoveInboundSa | RemovePeer | SetPeerAddress | ActivateOutbound
 
 
 # -- worker -> control plane ------------------------------------------------
@@ -157,7 +170,9 @@ class WorkerFailed:
     reason: str
 
 
-Command = InstallSa | RemoveInboundSa | RemovePeer | SetPeerAddress | RequestCounters
+Command = (
+    InstallSa | RemoveInboundSa | RemovePeer | SetPeerAddress | ActivateOutbound | RequestCounters
+)
 Event = CountersReport | RekeyNeeded | PeerAddressChanged | WorkerReady | WorkerFailed | Applied
 
 

@@ -48,7 +48,15 @@ _Endpoint = tuple[socket.socket, tuple[Any, ...]]
 
 
 class _OutboundPeer:
-    __slots__ = ("endpoint", "esp_drops", "networks", "peer_id", "rekey_reported", "sa")
+    __slots__ = (
+        "deferred",
+        "endpoint",
+        "esp_drops",
+        "networks",
+        "peer_id",
+        "rekey_reported",
+        "sa",
+    )
 
     def __init__(self, peer_id: int, sa: OutboundSa, endpoint: _Endpoint) -> None:
         self.peer_id = peer_id
@@ -59,6 +67,8 @@ class _OutboundPeer:
         self.networks: list[IpNetwork] = []
         self.rekey_reported = False
         self.esp_drops = [0] * DROP_COUNT
+        # Rekeyed SAs installed with ``defer_outbound``, by outbound SPI, until activated.
+        self.deferred: dict[int, OutboundSa] = {}
 
 
 class OutboundWorker(Worker):
@@ -179,6 +189,9 @@ class OutboundWorker(Worker):
         )
         endpoint = self._endpoint(pair.peer_address, pair.local_socket)
         peer = self.peers.get(pair.peer_id)
+        if peer is not None and pair.defer_outbound:
+            peer.deferred[pair.outbound_spi] = sa
+            return
         if peer is None:
             peer = _OutboundPeer(pair.peer_id, sa, endpoint)
             self.peers[pair.peer_id] = peer
@@ -194,6 +207,20 @@ class OutboundWorker(Worker):
         for network in networks:
             self.routes.add(network, peer)
         peer.networks = networks
+
+    def _activate_outbound(self, peer_id: int, outbound_spi: int) -> None:
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            return
+        sa = peer.deferred.pop(outbound_spi, None)
+        if sa is None:
+            return
+        self._retire(peer.sa)
+        peer.sa = sa
+        peer.rekey_reported = False
+        for stale in peer.deferred.values():  # a collision's redundant SA, never used
+            self._retire(stale)
+        peer.deferred.clear()
 
     def _retire(self, sa: OutboundSa) -> None:
         self.retired_packets += sa.packets

@@ -94,6 +94,11 @@ class ChildSaRekeyed:
     outbound_keymat: bytes = field(repr=False)
     local_ts: tuple[TrafficSelector, ...]
     remote_ts: tuple[TrafficSelector, ...]
+    # True when our CREATE_CHILD_SA made it. The rekey's *responder* should keep
+    # sending on the old SA until that one is deleted: its answer may still be
+    # on the way, so the initiator may not have the new inbound half yet. The
+    # initiator may send on the new SA at once (the responder installed it).
+    initiated_by_us: bool = False
 
     @property
     def established(self) -> ChildSaEstablished:

@@ -50,7 +50,10 @@ from tests.helpers.packets import ipv4_icmp_echo, ipv4_udp
 
 pytestmark = [pytest.mark.privileged, pytest.mark.asyncio]
 
-GATEWAY_IP = "127.77.0.1"
+# A loopback /24 of this process's own, so two test runs on one machine do not
+# collide on ports 500 and 4500 (the IPv6 case still shares ::1).
+LOOPBACK = f"127.77.{os.getpid() % 250}"
+GATEWAY_IP = f"{LOOPBACK}.1"
 TIMEOUT_S = 10.0
 
 
@@ -234,7 +237,7 @@ async def test_client_gets_an_address_and_traffic_flows_both_ways(
     concentrator, host = service
     assert host.tun is not None
     kernel = host.tun.kernel
-    with client_at("127.77.0.2", "alice@example.com", ALICE_PSK) as alice:
+    with client_at(f"{LOOPBACK}.2", "alice@example.com", ALICE_PSK) as alice:
         await connect(alice)
         child, address = alice.child(), alice.address()
         assert child is not None
@@ -299,8 +302,8 @@ async def test_wrong_psk_is_refused_and_the_other_tunnel_stays(
     manager = concentrator.manager
     assert manager is not None
     with (
-        client_at("127.77.0.2", "alice@example.com", ALICE_PSK) as alice,
-        client_at("127.77.0.3", "bob@example.com", "a-wrong-psk-of-decent-length") as bob,
+        client_at(f"{LOOPBACK}.2", "alice@example.com", ALICE_PSK) as alice,
+        client_at(f"{LOOPBACK}.3", "bob@example.com", "a-wrong-psk-of-decent-length") as bob,
     ):
         await connect(alice)
         await connect(bob)
@@ -322,8 +325,8 @@ async def test_stop_sends_delete_to_every_client(tmp_path: Path) -> None:
     await concentrator.start()
     loop = asyncio.get_running_loop()
     with (
-        client_at("127.77.0.2", "alice@example.com", ALICE_PSK) as alice,
-        client_at("127.77.0.3", "bob@example.com", BOB_PSK) as bob,
+        client_at(f"{LOOPBACK}.2", "alice@example.com", ALICE_PSK) as alice,
+        client_at(f"{LOOPBACK}.3", "bob@example.com", BOB_PSK) as bob,
     ):
         try:
             await connect(alice)
@@ -392,8 +395,8 @@ async def test_reload_disconnects_removed_users_and_keeps_the_others(
     assert manager is not None
     loop = asyncio.get_running_loop()
     with (
-        client_at("127.77.0.2", "alice@example.com", ALICE_PSK) as alice,
-        client_at("127.77.0.3", "bob@example.com", BOB_PSK) as bob,
+        client_at(f"{LOOPBACK}.2", "alice@example.com", ALICE_PSK) as alice,
+        client_at(f"{LOOPBACK}.3", "bob@example.com", BOB_PSK) as bob,
     ):
         await connect(alice)
         await connect(bob)

@@ -33,7 +33,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -526,6 +526,37 @@ def test_rekey_is_make_before_break(make_side: Callable[..., Side]) -> None:
     assert final_b.inbound["packets"] == 3  # old (2, retired) + new (1)
     assert final_a.outbound["packets"] == 2  # old (1, retired) + new (1)
     assert final_a.inbound["packets"] == 2
+
+
+def test_rekey_responder_defers_its_new_outbound_sa_until_activated(
+    make_side: Callable[..., Side],
+) -> None:
+    """The rekey responder (B) installs the new pair before it answers, but must not
+    send on it until the initiator has installed its inbound half: it keeps the old
+    outbound SA until ``activate_outbound`` (after the old SA's Delete)."""
+    a, b = make_side(), make_side()
+    old = connect(a, b)
+    new_a, new_b = mirrored_pairs(a, b, "aes256gcm16", generation=2)
+    b.dp.install_sa(replace(new_b, defer_outbound=True))
+    # A has not installed the new SA yet: B's replies must still use the old one.
+    b.route_in(b_to_a(b"during the rekey"))
+    assert a.delivered() == b_to_a(b"during the rekey")
+    assert a.counters().sa(old.spi_ba).packets == 1  # type: ignore[union-attr]
+    assert b.counters().sa(new_b.outbound_spi) is None  # deferred: not sending on it
+    # Its inbound half works at once (the initiator may switch as soon as it has the answer).
+    a.dp.install_sa(new_a)
+    a.route_in(a_to_b(b"new SA"))
+    assert b.delivered() == a_to_b(b"new SA")
+    # Delete of the old SA done: B activates the new outbound SA.
+    b.dp.activate_outbound(new_b.peer_id, new_b.outbound_spi)
+    b.route_in(b_to_a(b"after activation"))
+    assert a.delivered() == b_to_a(b"after activation")
+    assert a.counters().sa(new_a.inbound_spi).packets == 1  # type: ignore[union-attr]
+    assert a.counters().inbound.get("drop_unknown_spi", 0) == 0
+    # Activating an unknown SPI is a no-op.
+    b.dp.activate_outbound(new_b.peer_id, 0x1234)
+    b.route_in(b_to_a(b"still new"))
+    assert a.delivered() == b_to_a(b"still new")
 
 
 def test_soft_sequence_limit_asks_for_a_rekey_once(make_side: Callable[..., Side]) -> None:

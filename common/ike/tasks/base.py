@@ -164,7 +164,9 @@ class IkeSa:
         )
         self.events.append(event)
 
-    def add_rekeyed_child(self, old: ChildSa, new: ChildSaEstablished) -> ChildSa:
+    def add_rekeyed_child(
+        self, old: ChildSa, new: ChildSaEstablished, *, initiated_by_us: bool
+    ) -> ChildSa:
         """Remember ``new`` beside ``old`` (make-before-break) and queue ``ChildSaRekeyed``.
 
         If ``old`` is gone already (the peer deleted it while our rekey was in
@@ -190,6 +192,7 @@ class IkeSa:
                 new.outbound_keymat,
                 new.local_ts,
                 new.remote_ts,
+                initiated_by_us,
             )
         )
         return child

@@ -166,6 +166,7 @@ class ChildRekey:
         new = sa.add_rekeyed_child(
             child,
             child_established(esp, self._inbound_spi, outbound_spi, keymat_r, keymat_i, ts_i, ts_r),
+            initiated_by_us=True,
         )
         passive = child.peer_rekey
         if passive is not None and passive.state is not ChildSaState.DELETED:
@@ -330,7 +331,9 @@ class ChildRekeyResponder:
         )
         outbound_spi = ESP_SPI.unpack(chosen.spi)[0]
         new = sa.add_rekeyed_child(
-            child, child_established(esp, inbound_spi, outbound_spi, keymat_i, keymat_r, ts_r, ts_i)
+            child,
+            child_established(esp, inbound_spi, outbound_spi, keymat_i, keymat_r, ts_r, ts_i),
+            initiated_by_us=False,
         )
         if child.state is ChildSaState.REKEYING:
             # RFC 7296 2.8.1: we are rekeying it too. Answer as usual and keep what

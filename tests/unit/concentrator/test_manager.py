@@ -20,6 +20,7 @@ from common.ike.constants import NotifyType
 from common.ike.events import (
     AddressAssigned,
     ChildSaEstablished,
+    ChildSaRekeyed,
     IkeEvent,
     IkeSaDeleted,
     IkeSaEstablished,
@@ -57,9 +58,15 @@ class RecordingDataPlane:
     removed_inbound: list[int] = field(default_factory=list)
     removed_peers: list[int] = field(default_factory=list)
     moved: list[tuple[int, tuple[str, int]]] = field(default_factory=list)
+    active: dict[int, int] = field(default_factory=dict)  # peer -> outbound SPI sent on
 
     def install_sa(self, pair: SaPair) -> None:
         self.installed.append(pair)
+        if not pair.defer_outbound or pair.peer_id not in self.active:
+            self.active[pair.peer_id] = pair.outbound_spi
+
+    def activate_outbound(self, peer_id: int, outbound_spi: int) -> None:
+        self.active[peer_id] = outbound_spi
 
     def remove_inbound_sa(self, spi: int) -> None:
         self.removed_inbound.append(spi)
@@ -81,6 +88,12 @@ class Client:
     address: str
     events: list[IkeEvent] = field(default_factory=list)
     online: bool = True
+
+    def child(self) -> ChildSaEstablished | None:
+        """The newest Child SA this client was told about."""
+        found = [e for e in self.events if isinstance(e, ChildSaEstablished)]
+        found += [e.established for e in self.events if isinstance(e, ChildSaRekeyed)]
+        return found[-1] if found else None
 
     @property
     def assigned(self) -> ipaddress.IPv4Address | None:
@@ -440,3 +453,35 @@ def test_a_simultaneous_ike_rekey_routes_the_redundant_sas_messages() -> None:
     lab.flush()
     assert not alice.session.exchanging
     assert lab.manager.tunnels == {tunnel.tunnel_id: tunnel}
+
+
+@pytest.mark.parametrize("started_by", ["client", "concentrator"])
+def test_a_child_rekey_switches_outbound_only_after_the_old_sa_is_deleted(
+    started_by: str,
+) -> None:
+    lab = Lab()
+    alice = lab.client()
+    lab.connect(alice)
+    (tunnel,) = lab.manager.established()
+    (old,) = tunnel.children.values()
+    assert lab.dataplane.active[tunnel.tunnel_id] == old.outbound_spi
+    if started_by == "client":
+        alice.session.rekey_child(alice.child().inbound_spi, lab.now)  # type: ignore[union-attr]
+        for data, _ in alice.session.datagrams_to_send(lab.now):  # the request only
+            lab.manager.receive_ike(data, (alice.address, 4500), (GATEWAY[0], 4500), lab.now)
+        # Answered and installed, but the concentrator still sends on the old SA:
+        # the client has not seen the answer, so it has no new inbound SA yet.
+        (new_pair,) = lab.dataplane.installed[1:]
+        assert new_pair.defer_outbound
+        assert lab.dataplane.active[tunnel.tunnel_id] == old.outbound_spi
+    else:
+        tunnel.session.rekey_child(old.inbound_spi, lab.now)
+        lab.manager._service(tunnel, lab.now)
+    lab.flush()
+    (new,) = tunnel.children.values()
+    assert new.inbound_spi != old.inbound_spi
+    # Deferred only as the rekey's responder; its initiator may send on it at once.
+    assert lab.dataplane.installed[1].defer_outbound == (started_by == "client")
+    # The old SA is deleted: the new one carries the concentrator's traffic now.
+    assert lab.dataplane.active[tunnel.tunnel_id] == new.outbound_spi
+    assert lab.dataplane.removed_inbound == [old.inbound_spi]
