@@ -120,13 +120,13 @@ class Runner:
             self._ramp(start)
             hold_started = time.monotonic()
             if self.flood_link is not None:
-                self.flood_link.conn.send(("flood", options.flood_rate))
+                self._send(self.flood_link, ("flood", options.flood_rate))
             self._pump_until(hold_started + options.duration_s)
             after = self._read_gateway()
             hold_ended = time.monotonic()
             self._broadcast(("stop_traffic",))
             if self.flood_link is not None:
-                self.flood_link.conn.send(("flood", 0))
+                self._send(self.flood_link, ("flood", 0))
             self._pump_until(time.monotonic() + DRAIN_S)
         except KeyboardInterrupt:
             after = None
@@ -163,7 +163,7 @@ class Runner:
                 released += 1
             for link, batch in zip(self.links, batches, strict=True):
                 if batch:
-                    link.conn.send(("start", batch.copy()))
+                    self._send(link, ("start", batch.copy()))
                     batch.clear()
             settled = self.tally.established + self.tally.failed
             if pacer.done and settled >= options.clients:
@@ -216,11 +216,17 @@ class Runner:
 
     def _broadcast(self, message: tuple[Any, ...]) -> None:
         for link in self._all_links():
-            if not link.done:
-                try:
-                    link.conn.send(message)
-                except OSError:
-                    link.done = True
+            self._send(link, message)
+
+    @staticmethod
+    def _send(link: _Link, message: tuple[Any, ...]) -> None:
+        """Send to a worker; a dead one is marked done (its crash is on stderr)."""
+        if link.done:
+            return
+        try:
+            link.conn.send(message)
+        except OSError:
+            link.done = True
 
     def _read_gateway(self) -> GatewayReading | None:
         path = self.options.concentrator_socket

@@ -196,8 +196,8 @@ class Worker:
                 elif isinstance(key.data, SimClient):
                     key.data.receive(time.monotonic())
                     self._reschedule(key.data)
-                elif self.flooder is not None:
-                    self.flooder.receive(key.fileobj)  # type: ignore[arg-type]
+                elif self.flooder is not None and isinstance(key.data, socket.socket):
+                    self.flooder.receive(key.data)
             now = time.monotonic()
             for n in self.deadlines.pop_due(now):
                 client = self.clients.get(n)
