@@ -45,7 +45,6 @@ import ipaddress
 import os
 import re
 import socket
-import stat
 import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,12 +52,10 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from common.config_files import read_certificates, read_file, read_private_key, readable_warning
 from common.ike import defaults
 from common.ike.auth import SigningKey
-from common.ike.certs import load_certificates
 from common.ike.config import IpAddress, IpNetwork
 from common.ike.constants import IdType
 from common.ike.identities import parse_identity
@@ -350,7 +347,7 @@ def _auth(table: Table, base: Path, warnings: list[str], allow_pattern: bool) ->
         raise table.error("psk", "set psk, psk_file, or certificate with key")
     if table.has("key") and given[0] != "certificate":
         raise table.error("key", "only with certificate")
-    ca = _certificates(table, "ca", base) if table.has("ca") else ()
+    ca = read_certificates(table, "ca", base) if table.has("ca") else ()
     table.string("ca")  # mark read when absent
     psk = certificate = private_key = None
     chain: list[x509.Certificate] = []
@@ -359,16 +356,19 @@ def _auth(table: Table, base: Path, warnings: list[str], allow_pattern: bool) ->
         assert text is not None
         psk = text.encode("utf-8")
     elif given[0] == "psk_file":
-        path, psk = _file(table, "psk_file", base)
+        path, psk = read_file(table, "psk_file", base)
         psk = psk.removesuffix(b"\n").removesuffix(b"\r")
-        _warn_if_readable(table, "psk_file", path, warnings)
+        if warning := readable_warning(table, "psk_file", path):
+            warnings.append(warning)
     else:
         if not table.has("key"):
             raise table.error("key", "missing (certificate needs its private key)")
         if not ca:
             raise table.error("ca", "missing (with a certificate, the gateway's must be checked)")
-        certificate, *chain = _certificates(table, "certificate", base)
-        private_key = _private_key(table, "key", base, warnings)
+        certificate, *chain = read_certificates(table, "certificate", base)
+        private_key, key_path = read_private_key(table, "key", base)
+        if warning := readable_warning(table, "key", key_path):
+            warnings.append(warning)
         if private_key.public_key() != certificate.public_key():
             raise table.error("key", "does not match the certificate's public key")
     if psk is not None and not psk:
@@ -437,51 +437,6 @@ def _proposals(
 
 
 # --- Files ---------------------------------------------------------------------------------
-
-
-def _file(table: Table, key: str, base: Path) -> tuple[Path, bytes]:
-    path = base / Path(table.required_string(key)).expanduser()
-    try:
-        return path, path.read_bytes()
-    except OSError as exc:
-        raise table.error(key, f"cannot read {path}: {exc.strerror or exc}") from None
-
-
-def _certificates(table: Table, key: str, base: Path) -> list[x509.Certificate]:
-    path, data = _file(table, key, base)
-    try:
-        return load_certificates(data)
-    except ValueError:
-        raise table.error(key, f"{path} holds no PEM or DER certificate") from None
-
-
-def _private_key(table: Table, key: str, base: Path, warnings: list[str]) -> SigningKey:
-    path, data = _file(table, key, base)
-    try:
-        if data.lstrip().startswith(b"-----BEGIN"):
-            loaded = serialization.load_pem_private_key(data, password=None)
-        else:
-            loaded = serialization.load_der_private_key(data, password=None)
-    except (ValueError, TypeError):
-        # The parser's message may quote key material; say only what the file is not.
-        raise table.error(key, f"{path} is not an unencrypted PEM/DER private key") from None
-    if not isinstance(
-        loaded, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
-    ):
-        raise table.error(key, "only ECDSA, Ed25519 and RSA keys can sign IKE AUTH")
-    _warn_if_readable(table, key, path, warnings)
-    return loaded
-
-
-def _warn_if_readable(table: Table, key: str, path: Path, warnings: list[str]) -> None:
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return
-    if mode & stat.S_IROTH:
-        warnings.append(
-            f"{table.source}: {table.key_path(key)}: {path} is world-readable; chmod o-r it"
-        )
 
 
 # --- Resolving the gateway (network I/O, kept apart from loading) ------------------------

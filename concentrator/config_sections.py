@@ -9,19 +9,13 @@ the earlier one's result.
 from __future__ import annotations
 
 import ipaddress
-import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TypeVar
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-
+from common.config_files import read_certificates, read_file, read_private_key, readable_warning
 from common.ike import defaults
-from common.ike.auth import SigningKey
-from common.ike.certs import load_certificates
 from common.ike.config import IpAddress, IpNetwork
 from common.ike.constants import IdType
 from common.ike.identities import identity_key, parse_identity
@@ -103,14 +97,6 @@ def _within_lan(table: Table, key: str, subnets: Sequence[IpNetwork], lan: LanCo
             raise table.error(f"{key}[{i}]", f"{net} is not within [lan] subnets")
 
 
-def _file(table: Table, key: str, base: Path) -> tuple[Path, bytes]:
-    path = base / table.required_string(key)
-    try:
-        return path, path.read_bytes()
-    except OSError as exc:
-        raise table.error(key, f"cannot read {path}: {exc.strerror or exc}") from None
-
-
 # --- [server] --------------------------------------------------------------------------
 
 
@@ -136,8 +122,10 @@ def load_server(table: Table | None, base: Path, warnings: list[str]) -> ServerC
         missing = "private_key" if has_cert else "certificate"
         raise table.error(missing, "certificate and private_key go together")
     if has_cert:
-        certificate, *chain = _certificates(table, "certificate", base)
-        private_key = _private_key(table, "private_key", base, warnings)
+        certificate, *chain = read_certificates(table, "certificate", base)
+        private_key, key_path = read_private_key(table, "private_key", base)
+        if warning := readable_warning(table, "private_key", key_path):
+            warnings.append(warning)
         if private_key.public_key() != certificate.public_key():
             raise table.error("private_key", "does not match the certificate's public key")
     mss_clamp = table.boolean("mss_clamp", True)
@@ -153,34 +141,6 @@ def load_server(table: Table | None, base: Path, warnings: list[str]) -> ServerC
         tun=tun,
         mss_clamp=mss_clamp,
     )
-
-
-def _certificates(table: Table, key: str, base: Path) -> list[x509.Certificate]:
-    path, data = _file(table, key, base)
-    try:
-        return load_certificates(data)
-    except ValueError:
-        raise table.error(key, f"{path} holds no PEM or DER certificate") from None
-
-
-def _private_key(table: Table, key: str, base: Path, warnings: list[str]) -> SigningKey:
-    path, data = _file(table, key, base)
-    try:
-        if data.lstrip().startswith(b"-----BEGIN"):
-            loaded = serialization.load_pem_private_key(data, password=None)
-        else:
-            loaded = serialization.load_der_private_key(data, password=None)
-    except (ValueError, TypeError):
-        # The parser's message may quote key material; say only what the file is not.
-        raise table.error(key, f"{path} is not an unencrypted PEM/DER private key") from None
-    if not isinstance(
-        loaded, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
-    ):
-        raise table.error(key, "only ECDSA, Ed25519 and RSA keys can sign IKE AUTH")
-    warning = _warn_if_readable(path, table.key_path(key))
-    if warning:
-        warnings.append(warning)
-    return loaded
 
 
 # --- [lan], [pool], [[groups]] ---------------------------------------------------------
@@ -253,7 +213,7 @@ def load_ca(table: Table | None, base: Path) -> CaConfig | None:
     if table is None:
         return None
     path = base / table.required_string("certificate")
-    certificates = _certificates(table, "certificate", base)
+    certificates = read_certificates(table, "certificate", base)
     authorize = table.string("authorize") or "listed"
     if authorize not in ("any", "listed"):
         raise table.error("authorize", f'{authorize!r}: expected "any" or "listed"')
@@ -352,10 +312,9 @@ def _user_psk(table: Table, base: Path, warnings: list[str]) -> bytes | None:
         psk = text.encode("utf-8")
     elif table.has("psk_file"):
         key = "psk_file"
-        path, psk = _file(table, key, base)
+        path, psk = read_file(table, key, base)
         psk = psk.removesuffix(b"\n").removesuffix(b"\r")
-        warning = _warn_if_readable(path, table.key_path(key))
-        if warning:
+        if warning := readable_warning(table, key, path):
             warnings.append(warning)
     else:
         table.string("psk")
@@ -369,17 +328,6 @@ def _user_psk(table: Table, base: Path, warnings: list[str]) -> bytes | None:
             f"{PSK_WEAK_BYTES} bytes; a longer random one resists offline guessing"
         )
     return psk
-
-
-def _warn_if_readable(path: Path, key: str) -> str | None:
-    """A warning when a secret file is world-readable (or None)."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return None
-    if mode & stat.S_IROTH:
-        return f"{key}: {path} is world-readable; chmod o-r it"
-    return None
 
 
 # --- [dpd], [lifetimes], [ike], [store], [control], [metrics], [cookies] ---------------
