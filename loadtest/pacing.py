@@ -39,7 +39,7 @@ class Pacer:
         """Release and return the number of handshakes to start now."""
         if now < self.start:
             return 0
-        scheduled = min(self.total, math.floor((now - self.start) * self.rate) + 1)
+        scheduled = min(self.total, math.floor((now - self.start) * self.rate + 1e-9) + 1)
         count = max(0, scheduled - self.released)
         if self.max_in_flight is not None:
             count = min(count, max(0, self.max_in_flight - in_flight))
