@@ -7,11 +7,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-DEB_PACKAGES := iproute2 iputils-ping iperf3 tshark procps nftables \
+DEB_PACKAGES := iproute2 iputils-ping iperf3 tmux tshark procps nftables \
 	strongswan-charon strongswan-swanctl strongswan-pki libcharon-extra-plugins \
 	libstrongswan-standard-plugins libstrongswan-extra-plugins
 
-.PHONY: test lint typecheck pytest bench demo debs venv clean
+.PHONY: test lint typecheck pytest bench demo demo-tui debs venv clean
 
 venv: $(STAMP)
 
@@ -51,8 +51,14 @@ bench: venv debs
 	$(PY) bench/tunnel.py
 	$(PY) bench/ike.py
 
+# Three namespaces (office LAN, concentrator, laptop), the real concentrator and
+# client, ping and iperf3 through the tunnel, a few lines of results; as root.
 demo: venv debs
 	$(PY) bench/demo.py
+
+# The same lab, but the laptop runs the TUI in this terminal (c connect, q quit).
+demo-tui: venv debs
+	$(PY) bench/demo.py --tui
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
