@@ -19,6 +19,10 @@ needs, one job per module:
 - :mod:`netlab.outpost`: :class:`~netlab.outpost.OutpostManualTunnel`,
   Outpost's manually keyed data plane (``python -m common.dataplane.manual``)
   as a managed subprocess;
+- :mod:`netlab.office`: :class:`~netlab.office.OfficeLab`, the road-warrior
+  lab of ``make demo`` (office LAN host, concentrator, laptop), the files
+  that configure the real concentrator and client in it, and
+  :class:`~netlab.office.LoggedProcess` for long-running programs;
 - :mod:`netlab.swan`: :class:`~netlab.swan.StrongSwan` and
   :class:`~netlab.swan.SwanTunnel`, charon 5.9.8 with its userspace ESP
   (kernel-libipsec) inside a namespace, configured from Python strings.
