@@ -50,6 +50,7 @@ bench: venv debs
 	$(PY) bench/esp.py
 	$(PY) bench/tunnel.py
 	$(PY) bench/ike.py
+	$(PY) bench/scale.py
 
 # Three namespaces (office LAN, concentrator, laptop), the real concentrator and
 # client, ping and iperf3 through the tunnel, a few lines of results; as root.

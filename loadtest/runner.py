@@ -171,22 +171,29 @@ class Runner:
             if all(link.done or not link.process.is_alive() for link in self.links):
                 return
             wake = pacer.next_due()
-            self._pump_until(min(now + 0.05, wake if wake is not None else now + 0.05))
+            # At least 5 ms: when the in-flight cap holds releases back, the
+            # schedule is in the past and must not turn this into a busy loop.
+            self._pump_until(max(now + 0.005, min(now + 0.05, wake or now + 0.05)))
 
     def _pump_until(self, deadline: float) -> None:
-        """Take the workers' counters until ``deadline``; a progress line every second."""
+        """Take the workers' counters until ``deadline``; a progress line every second.
+
+        Always reads at least once, even past the deadline: a worker blocked
+        on a full pipe while the parent only sends would deadlock both.
+        """
         while True:
             now = time.monotonic()
             if now - self._last_progress[0] >= PROGRESS_INTERVAL_S:
                 self._line()
-            if now >= deadline:
-                return
             conns = [link.conn for link in self._all_links() if not link.done]
-            if not conns:
-                time.sleep(max(0.0, deadline - now))
+            timeout = max(0.0, min(deadline - now, 0.25))
+            if conns:
+                for conn in wait(conns, timeout=timeout):
+                    self._receive(conn)  # type: ignore[arg-type]
+            else:
+                time.sleep(timeout)
+            if time.monotonic() >= deadline:
                 return
-            for conn in wait(conns, timeout=max(0.0, min(deadline - now, 0.25))):
-                self._receive(conn)  # type: ignore[arg-type]
 
     def _collect_done(self, deadline: float) -> None:
         while time.monotonic() < deadline and not all(link.done for link in self._all_links()):
