@@ -226,6 +226,7 @@ def tui(demo: Demo, psk: str) -> None:
     status = subprocess.run(argv, check=False).returncode
     if status != 0:
         raise LabError(f"outpost tui exited with status {status}")
+    print("TUI closed; removing the namespaces, the concentrator and its files")
 
 
 def main(argv: list[str] | None = None) -> int:
