@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import ipaddress
 import logging
 import random
@@ -325,6 +326,8 @@ class Controller:
             retransmit_timeout=RETRANSMIT_TIMEOUT_S,
             retransmit_base=RETRANSMIT_BASE,
             retransmit_tries=tries_within(self._give_up_s, RETRANSMIT_TIMEOUT_S, RETRANSMIT_BASE),
+            # The core reads no clock: a signing gateway's certificate is checked now.
+            validation_time=datetime.datetime.now(datetime.UTC),
         )
         self._session = IkeSession(
             configuration,
@@ -412,12 +415,19 @@ class Controller:
         now = self._now()
         while True:
             datagrams = session.datagrams_to_send(now)
-            for data, address in datagrams:
-                if self._transport is not None:
-                    self._transport.send(data, address, session.use_nat_t)
             events = []
             while (event := session.next_event()) is not None:
                 events.append(event)
+            # A Child SA our answer creates goes into the data plane before the
+            # answer leaves: the gateway may send on it as soon as it has it.
+            for event in events:
+                if isinstance(event, ChildSaRekeyed):
+                    self._install(
+                        session, event.established, defer_outbound=not event.initiated_by_us
+                    )
+            for data, address in datagrams:
+                if self._transport is not None:
+                    self._transport.send(data, address, session.use_nat_t)
             for event in events:
                 self._on_ike_event(session, event)
             if self._session is not session:
@@ -469,10 +479,10 @@ class Controller:
             case ChildSaEstablished():
                 self._pending_child = event
             case ChildSaRekeyed():
-                # When the gateway started the rekey, send on the new SA only once
-                # the old one is deleted: our answer may still be on its way, so
-                # the gateway may not decrypt the new SA yet (RFC 7296 2.8).
-                self._install(session, event.established, defer_outbound=not event.initiated_by_us)
+                # Installed by ``_service`` before our answer left. When the
+                # gateway started the rekey we send on the new SA only once the
+                # old one is deleted: our answer may still be on its way, so the
+                # gateway may not decrypt the new SA yet (RFC 7296 2.8).
                 self._current = event.established
                 self._say("info", "rekeyed Child SA")
                 self._publish_tunnel()

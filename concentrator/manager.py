@@ -426,17 +426,21 @@ class TunnelManager:
     def _service(self, tunnel: Tunnel, now: float) -> None:
         session = tunnel.session
         while True:
-            # An event may start an exchange (a Delete after ChildSaFailed),
-            # so send and drain until both are empty.
-            for data, address in session.datagrams_to_send(now):
-                self._send(data, address, tunnel.local, session.use_nat_t)
+            datagrams = session.datagrams_to_send(now)
             events: list[IkeEvent] = []
             while (event := session.next_event()) is not None:
                 events.append(event)
-            if not events:
-                break
+            # Events first: a Child SA the answer creates must be in the data
+            # plane before the answer leaves, since the peer may send on it as
+            # soon as it has the answer (IKE_AUTH, CREATE_CHILD_SA).
             for event in events:
                 self._on_event(tunnel, event, now)
+            for data, address in datagrams:
+                self._send(data, address, tunnel.local, session.use_nat_t)
+            # An event may start an exchange (a Delete after ChildSaFailed):
+            # go round until nothing is left.
+            if not events and not datagrams:
+                break
         if tunnel.tunnel_id not in self.tunnels:
             return
         if session.state is IkeSaState.CLOSED:

@@ -240,16 +240,7 @@ def spi_changed(old_inbound_spi: str, status: dict[str, Any]) -> bool:
     [
         ("psk", "aes256gcm16"),
         ("psk", "chacha20poly1305"),
-        pytest.param(
-            "ecdsa",
-            "aes256gcm16",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="client/controller.py passes no validation_time to "
-                "profile.ike_configuration, so every gateway certificate is refused "
-                "('no validation_time configured for peer certificates')",
-            ),
-        ),
+        ("ecdsa", "aes256gcm16"),
     ],
 )
 def test_address_from_strongswan_pool_and_lan_reachable(
