@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from common.dataplane.control import DataPlane, DataPlaneCounters, Mode
+from common.dataplane.control import SO_RCVBUFFORCE, DataPlane, DataPlaneCounters, Mode
 from common.dataplane.messages import PeerAddressChanged, RekeyNeeded, WorkerFailed
 from common.esp.suites import SUITES, tunnel_mtu
 from common.hostnet.base import AddressAssignment, HostNetwork, HostNetworkError, TunDevice
@@ -56,6 +56,7 @@ log = logging.getLogger("outpost.concentrator")
 HOUSEKEEPING_S = 5.0  # counters for DPD and status; well below any DPD interval
 SHUTDOWN_WAIT_S = 3.0  # how long SIGTERM waits for clients to answer our Deletes
 PATH_MTU = 1500  # outer path MTU assumed for the TUN MTU; MSS clamping covers TCP below it
+IKE_SOCKET_BUFFER = 4 << 20  # octets
 IKE_BATCH = 64  # datagrams read per wake-up, so one flood cannot starve the rest
 MAX_DATAGRAM = 65535
 
@@ -124,6 +125,7 @@ class Concentrator:
         self._control: ControlServer | None = None
         self._metrics: MetricsExporter | None = None
         self._monotonic_start = 0.0
+        self._slow_ticks = 0  # housekeeping ticks with a counters request unanswered
 
     # --- life cycle ----------------------------------------------------------------------
 
@@ -447,6 +449,12 @@ class Concentrator:
         self._arm_timer()
 
     def _on_housekeeping(self) -> None:
+        """Every ``HOUSEKEEPING_S``: ask for counters, use the last answer (DPD, metrics).
+
+        Never blocks: the answer arrives in parts through ``_on_dataplane_events``
+        (thousands of SAs take the workers a while on a busy machine), and a slow
+        answer only skips a tick. Only a worker that exited stops the service.
+        """
         manager, dataplane, loop = self.manager, self.dataplane, self._loop
         assert manager is not None
         assert dataplane is not None
@@ -454,16 +462,27 @@ class Concentrator:
         if not dataplane.alive():
             self._fail("a data-plane worker exited")
             return
-        try:
-            self.counters = dataplane.counters()
-        except Exception as error:
-            self._fail(f"data plane counters: {error}")
-            return
-        inbound: dict[int, int] = {}
-        for sa in self.counters.sas:
-            if sa.direction == "inbound":
-                inbound[sa.peer_id] = inbound.get(sa.peer_id, 0) + sa.packets
-        manager.note_activity(inbound, loop.time())
+        if dataplane.counters_outstanding:
+            self._slow_ticks += 1
+            if self._slow_ticks in (3, 30, 300):
+                log.warning(
+                    "the data plane has not reported its counters for %d ticks", self._slow_ticks
+                )
+        else:
+            self._slow_ticks = 0
+            try:
+                dataplane.request_counters()
+            except Exception as error:
+                self._fail(f"data plane: {error}")
+                return
+        latest = dataplane.latest_counters
+        if latest is not None and latest is not self.counters:
+            self.counters = latest
+            inbound: dict[int, int] = {}
+            for sa in latest.sas:
+                if sa.direction == "inbound":
+                    inbound[sa.peer_id] = inbound.get(sa.peer_id, 0) + sa.packets
+            manager.note_activity(inbound, loop.time())
         if self._metrics is not None:
             self._metrics.update(self.status())
         for callback in self.on_housekeeping:
@@ -518,6 +537,12 @@ def _bind_udp(address: str, port: int, *, blocking: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
+        # A burst of IKE_SA_INIT (many clients at once, a flood) must queue, not
+        # overflow, while the loop is busy with handshakes.
+        try:  # past net.core.rmem_max with CAP_NET_ADMIN, which the service has
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, IKE_SOCKET_BUFFER)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, IKE_SOCKET_BUFFER)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.setblocking(blocking)

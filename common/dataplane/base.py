@@ -53,6 +53,9 @@ from common.wire.mss import max_mss_for_mtu
 from common.wire.offload import VNET_HDR_LEN
 
 HOUSEKEEPING_INTERVAL_S: Final = 1.0
+# SaCounters per CountersReport message: about 150 octets pickled each, so
+# a part stays far below ``channel.MAX_MESSAGE`` (1 MiB) whatever the drops.
+COUNTERS_PER_MESSAGE: Final = 1000
 MAX_SUPER_PACKET: Final = 65535 + VNET_HDR_LEN
 # UDP GSO/GRO (linux/udp.h). The kernel takes at most 64 segments (UDP_MAX_SEGMENTS)
 # and one IP packet's worth of payload per call.
@@ -194,6 +197,25 @@ class Worker:
         if self.exit_on_close:
             os._exit(0)  # the control plane is gone: so is our reason to forward
 
+    def _report_counters(self, report: CountersReport) -> None:
+        """Send ``report`` in parts of ``COUNTERS_PER_MESSAGE`` SAs.
+
+        Blocking sends on the control thread (never the packet loop): a
+        dropped part would leave the control plane waiting for it.
+        """
+        sas = report.sas
+        parts = [
+            sas[i : i + COUNTERS_PER_MESSAGE] for i in range(0, len(sas), COUNTERS_PER_MESSAGE)
+        ]
+        parts = parts or [()]
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            message = CountersReport(
+                report.token, report.role, report.totals if last else {}, part, last
+            )
+            with contextlib.suppress(OSError):
+                send_message(self.control, message)
+
     def _notify(self, event: object) -> None:
         with contextlib.suppress(OSError):
             send_message(self.control, event, block=False)
@@ -215,7 +237,7 @@ class Worker:
             case ActivateOutbound(peer_id, outbound_spi):
                 self._activate_outbound(peer_id, outbound_spi)
             case RequestCounters(token):
-                self._notify(self._counters(token))
+                self._report_counters(self._counters(token))
             case _:
                 self._notify(WorkerFailed(self.role, f"unknown command {type(message).__name__}"))
 

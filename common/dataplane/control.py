@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -81,6 +81,15 @@ class DataPlaneCounters:
 
     def sa(self, spi: int) -> SaCounters | None:
         return next((s for s in self.sas if s.spi == spi), None)
+
+
+@dataclass(slots=True)
+class _CountersParts:
+    """One worker's ``CountersReport`` parts for one request, as they arrive."""
+
+    sas: list[SaCounters] = field(default_factory=list)
+    totals: dict[str, int] = field(default_factory=dict)
+    done: bool = False
 
 
 class DataPlane:
@@ -132,6 +141,10 @@ class DataPlane:
         self._threads: list[threading.Thread] = []
         self._workers: list[InboundWorker | OutboundWorker] = []
         self._pending: list[Event] = []
+        # Counters answers being put together: request token -> role -> parts so far.
+        self._assembling: dict[int, dict[str, _CountersParts]] = {}
+        self.latest_counters: DataPlaneCounters | None = None
+        self._latest_token = 0
         self._tokens = itertools.count(1)
         self._started = False
         self._stopped = False
@@ -401,28 +414,62 @@ class DataPlane:
                 message = receive_message(channel)
                 if message is None:
                     raise DataPlaneError("a data-plane worker exited")
-                events.append(message)  # type: ignore[arg-type]
+                if not self._absorb(message):  # counters parts go to latest_counters
+                    events.append(message)  # type: ignore[arg-type]
             timeout_s = 0.0
             deadline = time.monotonic()
 
     def counters(self, timeout_s: float = 2.0) -> DataPlaneCounters:
-        """Ask both workers and wait for both answers; other events stay queued."""
+        """Ask both workers and wait for both answers; other events stay queued.
+
+        Blocking: an asyncio control plane uses ``request_counters`` instead and
+        finds the answer in ``latest_counters`` after ``read_events``.
+        """
+        token = self.request_counters()
+        deadline = time.monotonic() + timeout_s
+        while self._latest_token != token:
+            for _role, message in self._receive_until(deadline):
+                if not self._absorb(message):
+                    self._pending.append(message)
+        assert self.latest_counters is not None
+        return self.latest_counters
+
+    def request_counters(self) -> int:
+        """Ask both workers for their counters without waiting; the token of the request."""
+        self._check_running()
         token = next(self._tokens)
+        self._assembling[token] = {}
         for role in ROLES:
             self._send(role, RequestCounters(token))
-        reports: dict[str, CountersReport] = {}
-        deadline = time.monotonic() + timeout_s
-        while len(reports) < len(ROLES):
-            for _role, message in self._receive_until(deadline):
-                if isinstance(message, CountersReport) and message.token == token:
-                    reports[message.role] = message
-                else:
-                    self._pending.append(message)
-        return DataPlaneCounters(
-            inbound=reports["inbound"].totals,
-            outbound=reports["outbound"].totals,
-            sas=reports["inbound"].sas + reports["outbound"].sas,
-        )
+        return token
+
+    @property
+    def counters_outstanding(self) -> bool:
+        """A ``request_counters`` is not fully answered yet."""
+        return bool(self._assembling)
+
+    def _absorb(self, message: object) -> bool:
+        """Take one part of a counters answer; True if ``message`` was one."""
+        if not isinstance(message, CountersReport):
+            return False
+        parts = self._assembling.get(message.token)
+        if parts is None:
+            return True  # an answer nobody waits for any more
+        part = parts.setdefault(message.role, _CountersParts())
+        part.sas.extend(message.sas)
+        if message.final:
+            part.totals, part.done = message.totals, True
+        if all(role in parts and parts[role].done for role in ROLES):
+            for token in [t for t in self._assembling if t <= message.token]:
+                del self._assembling[token]  # this one, and older ones it supersedes
+            inbound, outbound = parts["inbound"], parts["outbound"]
+            self.latest_counters = DataPlaneCounters(
+                inbound=inbound.totals,
+                outbound=outbound.totals,
+                sas=tuple(inbound.sas + outbound.sas),
+            )
+            self._latest_token = message.token
+        return True
 
     def _receive_until(self, deadline: float) -> list[tuple[str, Event]]:
         """Whatever the workers sent, waiting at most until ``deadline``."""

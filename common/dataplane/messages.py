@@ -133,10 +133,15 @@ class SaCounters:
 
 @dataclass(frozen=True, slots=True)
 class CountersReport:
+    """One worker's counters, in parts: a channel message holds at most
+    ``channel.MAX_MESSAGE`` octets, and thousands of SAs do not fit in one.
+    ``totals`` rides on the ``final`` part."""
+
     token: int
     role: str  # which worker: "inbound" or "outbound"
     totals: dict[str, int]  # packets, octets and drops by reason for the whole worker
     sas: tuple[SaCounters, ...]
+    final: bool = True
 
 
 @dataclass(frozen=True, slots=True)
