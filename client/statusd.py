@@ -9,7 +9,11 @@ protocol has an honest answer.
 
 Where: ``/run/outpost/client.sock`` for root (the usual case: a TUN needs
 CAP_NET_ADMIN), ``$XDG_RUNTIME_DIR/outpost/client.sock`` for anyone else.
-``outpost status`` tries its own place first, then root's.
+``outpost status`` tries its own place first, then root's. Inside a named
+network namespace (``ip netns exec NAME``) root's place is
+``/run/outpost/netns/NAME/``: each namespace has its own routes, DNS file and
+tunnel, so clients in different namespaces must not share a socket or the
+stale-state records that repair acts on.
 """
 
 from __future__ import annotations
@@ -23,12 +27,42 @@ from typing import Any, Final
 from client.state import ClientStatus
 
 ROOT_SOCKET: Final = Path("/run/outpost/client.sock")
+NETNS_DIR: Final = Path("/run/netns")  # where ``ip netns`` keeps its named namespaces
+
+
+def current_netns_name(netns_dir: Path = NETNS_DIR) -> str:
+    """The ``ip netns`` name of the network namespace we run in, or ``""`` (none, or unnamed).
+
+    What ``ip netns identify`` does, without running it: the named namespaces
+    are bind mounts of namespace files, the same inode as our own.
+    """
+    try:
+        ours = os.stat("/proc/self/ns/net")
+        names = sorted(netns_dir.iterdir())
+    except OSError:
+        return ""
+    for path in names:
+        try:
+            found = path.stat()
+        except OSError:
+            continue
+        if (found.st_dev, found.st_ino) == (ours.st_dev, ours.st_ino):
+            return path.name
+    return ""
+
+
+def root_socket_path() -> Path:
+    """Root's socket: per named network namespace, else ``ROOT_SOCKET``."""
+    namespace = current_netns_name()
+    if namespace:
+        return ROOT_SOCKET.parent / "netns" / namespace / ROOT_SOCKET.name
+    return ROOT_SOCKET
 
 
 def default_socket_path() -> Path:
     """Where this user's client listens (see the module docstring)."""
     if os.geteuid() == 0:
-        return ROOT_SOCKET
+        return root_socket_path()
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
         return Path(runtime) / "outpost" / "client.sock"
@@ -43,8 +77,8 @@ def default_state_dir() -> Path:
 def candidate_socket_paths() -> list[Path]:
     """Where ``outpost status`` looks, in order: this user's place, then root's."""
     paths = [default_socket_path()]
-    if ROOT_SOCKET not in paths:
-        paths.append(ROOT_SOCKET)
+    if root_socket_path() not in paths:
+        paths.append(root_socket_path())
     return paths
 
 
