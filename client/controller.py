@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import errno
 import ipaddress
 import logging
 import random
@@ -829,8 +830,10 @@ class Controller:
 
     def _host_network(self) -> HostNetwork:
         if self._host is None:
-            from common.hostnet.linux import LinuxHostNetwork
+            from common.hostnet.linux import LinuxHostNetwork, has_cap_net_admin
 
+            if not has_cap_net_admin():  # say so now, not after a handshake
+                raise HostNetworkError(NO_CAP_NET_ADMIN, errno=errno.EPERM)
             self._host = LinuxHostNetwork()
         return self._host
 

@@ -146,6 +146,27 @@ class LinuxTunDevice:
         return f"LinuxTunDevice(name={self._name!r}, fd={self._fd})"
 
 
+CAP_NET_ADMIN: Final = 12  # linux/capability.h
+
+
+def has_cap_net_admin(status_path: str = "/proc/self/status") -> bool:
+    """Whether this process holds CAP_NET_ADMIN in its effective set.
+
+    Asked before any work that needs it (a client's handshake), so the person
+    hears "needs root or CAP_NET_ADMIN" at once rather than after a tunnel is
+    negotiated for nothing. Unknown (no /proc): assume yes and let the real
+    call fail with its own clear error.
+    """
+    try:
+        with open(status_path, encoding="ascii") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return True
+
+
 class LinuxHostNetwork:
     """The host network of the current network namespace, through rtnetlink.
 
