@@ -84,7 +84,7 @@ from common.ike.policy import (
 )
 from common.ike.session import IkeSession, Rng
 from common.ike.state import IkeSaState
-from concentrator.timers import TimerQueue
+from common.timers import TimerQueue
 from concentrator.tunnel import ChildRecord, Tunnel, selector_networks
 
 log = logging.getLogger("outpost.concentrator")

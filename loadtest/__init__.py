@@ -6,8 +6,8 @@ but belongs to neither product):
 
 - ``packets``: inner probes (ICMP echo, UDP) and the strict reply check;
 - ``client``: one simulated road warrior (initiator core, socket, ESP SAs);
-- ``timers``: the per-worker deadline heap;
-- ``worker``: a worker process's select loop (and the IKE_SA_INIT flood);
+- ``worker``: a worker process's select loop (and the IKE_SA_INIT flood), its
+  deadlines in one ``common.timers.TimerQueue`` keyed by client number;
 - ``pacing``: the open-loop handshake schedule;
 - ``runner``: the parent (workers, pacing, aggregation, progress);
 - ``gateway``: the concentrator's status and CPU through its control socket;

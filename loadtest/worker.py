@@ -40,9 +40,9 @@ from typing import Any, Final
 from client.profile import load_profile
 from common.ike.policy import IkeConfiguration
 from common.ike.session import IkeSession
+from common.timers import TimerQueue
 from loadtest.client import SimClient, TrafficPlan
 from loadtest.stats import Tally
-from loadtest.timers import Deadlines
 
 log = logging.getLogger("outpost.loadtest")
 
@@ -162,7 +162,7 @@ class Worker:
         self.selector = selectors.DefaultSelector()
         self.clients: dict[int, SimClient] = {}
         self.by_fd: dict[int, SimClient] = {}
-        self.deadlines = Deadlines()
+        self.deadlines: TimerQueue[int] = TimerQueue()  # by client number
         self.flooder: Flooder | None = None
         self.finishing_until: float | None = None
         self.running = True

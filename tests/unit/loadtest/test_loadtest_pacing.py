@@ -1,11 +1,11 @@
-"""Handshake pacing of outpost-loadtest on a fake clock, and the per-worker deadline heap."""
+"""Handshake pacing of outpost-loadtest on a fake clock, and its deadline heap (common.timers)."""
 
 from __future__ import annotations
 
 import pytest
 
+from common.timers import TimerQueue
 from loadtest.pacing import Pacer
-from loadtest.timers import Deadlines
 
 
 def test_releases_one_at_start_then_at_the_rate() -> None:
@@ -46,7 +46,7 @@ def test_bad_rate_is_refused() -> None:
 
 
 def test_deadlines_pop_in_order_and_reschedule_forgets_the_old_one() -> None:
-    timers = Deadlines()
+    timers: TimerQueue[int] = TimerQueue()
     timers.schedule(1, 5.0)
     timers.schedule(2, 3.0)
     timers.schedule(3, 4.0)
@@ -60,7 +60,7 @@ def test_deadlines_pop_in_order_and_reschedule_forgets_the_old_one() -> None:
 
 
 def test_deadline_heap_stays_bounded_under_rescheduling() -> None:
-    timers = Deadlines()
+    timers: TimerQueue[int] = TimerQueue()
     for step in range(10_000):
         timers.schedule(step % 10, float(step))
     assert len(timers) == 10

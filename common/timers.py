@@ -1,4 +1,10 @@
-"""One deadline structure for every tunnel: a heap with lazy cancellation.
+"""One deadline structure for many keys: a heap with lazy cancellation.
+
+Shared by the concentrator (one deadline per tunnel: retransmission, rekey,
+DPD) and by ``outpost-loadtest`` (one per simulated client: IKE timer, next
+probe, establish timeout). It lives in ``common/`` because it is a plain data
+structure with no I/O and no clock of its own; the load tester imports it
+from here, not from the gateway it tests.
 
 Why not one asyncio timer (or task) per client: the concentrator holds
 thousands of tunnels and each has a next moment of interest (a
@@ -25,7 +31,7 @@ Key = TypeVar("Key", bound=Hashable)
 
 
 class TimerQueue(Generic[Key]):
-    """Deadlines (floats on the caller's clock) keyed by tunnel, earliest first."""
+    """Deadlines (floats on the caller's clock) keyed by tunnel or client, earliest first."""
 
     __slots__ = ("_deadlines", "_heap", "_sequence")
 
