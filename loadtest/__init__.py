@@ -5,6 +5,8 @@ is a tool of its own that uses the client's profiles and the protocol cores
 but belongs to neither product):
 
 - ``packets``: inner probes (ICMP echo, UDP) and the strict reply check;
+- ``profile``: load-test profiles (a client profile, ``{n}`` ids, an issuing CA);
+- ``issuer``: per-client ECDSA certificates issued from that CA;
 - ``client``: one simulated road warrior (initiator core, socket, ESP SAs);
 - ``worker``: a worker process's select loop (and the IKE_SA_INIT flood), its
   deadlines in one ``common.timers.TimerQueue`` keyed by client number;

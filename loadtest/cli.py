@@ -14,7 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from client.profile import ProfileError, load_profile, resolve_gateway
+from client.profile import ProfileError, resolve_gateway
+from loadtest.profile import load_loadtest_profile
 from loadtest.runner import RunOptions, run
 from loadtest.stats import dumps
 
@@ -25,7 +26,10 @@ example (1,000 road warriors, 50 new handshakes/s, one ping a second each):
       --concentrator-socket /run/outpost/control.sock
 
 the profile is a client profile whose [auth] id holds {n} (user-{n}@loadtest);
-client n uses identity n, from --first on.
+client n uses identity n, from --first on. For certificate users, [auth] holds
+certificate_ca and certificate_ca_key (a test CA the gateway trusts) instead of
+a PSK, and ca (the gateway's CA): each client gets its own ECDSA P-256
+certificate for its identity, issued just before its handshake.
 """
 
 
@@ -135,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        profile = load_profile(args.profile, allow_pattern=True)
+        loaded = load_loadtest_profile(args.profile)
+        profile = loaded.profile
         gateway = args.gateway or str(resolve_gateway(profile))
         ipaddress.ip_address(gateway)
         target = str(ipaddress.IPv4Address(args.target)) if args.target else None
@@ -144,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ProfileError, ValueError, OSError) as error:
         print(f"outpost-loadtest: {error}", file=sys.stderr)
         return 2
+    for warning in loaded.warnings:
+        print(f"outpost-loadtest: warning: {warning}", file=sys.stderr)
     if args.traffic > 0 and target is None:
         print("outpost-loadtest: --traffic needs --target (or --traffic 0)", file=sys.stderr)
         return 2

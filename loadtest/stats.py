@@ -87,6 +87,8 @@ class Tally:
     flood_sent: int = 0
     flood_cookies: int = 0
     flood_answered: int = 0
+    certificates_issued: int = 0  # client certificates issued by the tester (issuing CA)
+    certificate_issue_s: float = 0.0  # CPU-bound time spent issuing them, summed
 
     def merge(self, other: Tally | Mapping[str, Any]) -> None:
         """Add ``other`` (a Tally or its :meth:`to_wire` dict) into this one."""
@@ -222,8 +224,17 @@ class Report:
                 "cookies": tally.flood_cookies,
                 "answered": tally.flood_answered,
             },
+            "certificates": self.certificates(),
             "concentrator": self.concentrator(),
         }
+
+    def certificates(self) -> dict[str, Any] | None:
+        """Client certificates the tester issued and the mean cost of one; None with a PSK."""
+        tally = self.tally
+        if not tally.certificates_issued:
+            return None
+        mean = 1000 * tally.certificate_issue_s / tally.certificates_issued
+        return {"issued": tally.certificates_issued, "mean_issue_ms": round(mean, 3)}
 
     def to_text(self) -> str:
         """The human report printed at the end of a run."""
@@ -242,6 +253,12 @@ class Report:
             f"  rekeys        child {tally.child_rekeys}  ike {tally.ike_rekeys}"
             f"  failed {tally.rekeys_failed}",
         ]
+        certificates = data["certificates"]
+        if certificates is not None:
+            lines.append(
+                f"  certificates  issued {certificates['issued']}"
+                f"  {certificates['mean_issue_ms']:.3f} ms each (ECDSA P-256 key + CA signature)"
+            )
         if tally.failures:
             lines.append("  failures      " + _counts(tally.failures))
         if tally.reply_errors:

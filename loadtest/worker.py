@@ -33,15 +33,16 @@ import resource
 import selectors
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any, Final
 
-from client.profile import load_profile
 from common.ike.policy import IkeConfiguration
 from common.ike.session import IkeSession
 from common.timers import TimerQueue
 from loadtest.client import SimClient, TrafficPlan
+from loadtest.issuer import CertificateIssuer
+from loadtest.profile import load_loadtest_profile
 from loadtest.stats import Tally
 
 log = logging.getLogger("outpost.loadtest")
@@ -157,7 +158,17 @@ class Worker:
     def __init__(self, settings: WorkerSettings, conn: Connection) -> None:
         self.settings = settings
         self.conn = conn
-        self.profile = load_profile(settings.profile_path, allow_pattern=True)
+        loaded = load_loadtest_profile(settings.profile_path)
+        self.profile = loaded.profile
+        self.validation_time = datetime.datetime.now(datetime.UTC)
+        # Certificate users: this worker issues its own clients' certificates.
+        self.issuer = (
+            None
+            if loaded.issuing_ca is None
+            else CertificateIssuer(
+                loaded.issuing_ca.certificate, loaded.issuing_ca.key, now=self.validation_time
+            )
+        )
         self.tally = Tally()
         self.selector = selectors.DefaultSelector()
         self.clients: dict[int, SimClient] = {}
@@ -167,12 +178,17 @@ class Worker:
         self.finishing_until: float | None = None
         self.running = True
         self.selector.register(conn.fileno(), selectors.EVENT_READ, None)
-        self.validation_time = datetime.datetime.now(datetime.UTC)
 
-    def configuration(self, n: int) -> IkeConfiguration:
+    def configuration(self, n: int, *, authenticate: bool = True) -> IkeConfiguration:
+        """Client ``n``'s initiator settings; with an issuing CA, its fresh certificate.
+
+        ``authenticate=False`` (the flood, which never gets past IKE_SA_INIT)
+        issues nothing.
+        """
         profile, settings = self.profile, self.settings
-        return profile.ike_configuration(
-            identity=profile.identity_for(n),
+        identity = profile.identity_for(n)
+        configuration = profile.ike_configuration(
+            identity=identity,
             # ESP-in-UDP only (RFC 3948), as the real client: move to 4500 at once.
             force_encapsulation=True,
             # One identity per client: tell the gateway we hold no older SA. With
@@ -181,6 +197,17 @@ class Worker:
             retransmit_timeout=settings.retransmit_timeout_s,
             retransmit_tries=settings.retransmit_tries,
             validation_time=self.validation_time,
+        )
+        if self.issuer is None or not authenticate:
+            return configuration
+        issued = self.issuer.issue(identity)
+        self.tally.certificates_issued += 1
+        self.tally.certificate_issue_s += self.issuer.last_seconds
+        return replace(
+            configuration,
+            certificate=issued.certificate,
+            certificate_chain=(),
+            private_key=issued.key,
         )
 
     def run(self) -> None:
@@ -272,7 +299,10 @@ class Worker:
     def _flood(self, rate: float, now: float) -> None:
         if self.flooder is None:
             self.flooder = Flooder(
-                self.configuration(0), self.settings.gateway, self.settings.sources, self.tally
+                self.configuration(0, authenticate=False),
+                self.settings.gateway,
+                self.settings.sources,
+                self.tally,
             )
             for sock in self.flooder.sockets:
                 self.selector.register(sock.fileno(), selectors.EVENT_READ, sock)
