@@ -75,6 +75,7 @@ class SimClient:
 
     __slots__ = (
         "closed",
+        "deferred",
         "deleting",
         "established_at",
         "gateway",
@@ -126,6 +127,9 @@ class SimClient:
         )
         self.inbound: dict[int, InboundSa] = {}
         self.outbound: OutboundSa | None = None
+        # Rekeys the gateway started: the new outbound SA, by the old inbound
+        # SPI whose deletion switches us to it (see ``_on_event``).
+        self.deferred: dict[int, OutboundSa] = {}
         self.prober: Prober | None = None
         self.outstanding: set[int] = set()
         self.seq = 0
@@ -263,10 +267,19 @@ class SimClient:
                     if self.traffic.rekey_after_s is not None:
                         self.rekey_at = now + self.traffic.rekey_after_s
             case ChildSaRekeyed() as rekeyed:
-                self._install(rekeyed.established)
+                # The rekey's responder keeps sending on the old SA until it is
+                # deleted: the gateway installs its new inbound half only when
+                # our answer arrives, so a probe on the new SA could beat it
+                # there (as the real client does: SaPair.defer_outbound).
+                defer = not rekeyed.initiated_by_us and rekeyed.old_inbound_spi in self.inbound
+                self._install(
+                    rekeyed.established, defer_under=(rekeyed.old_inbound_spi if defer else None)
+                )
                 tally.child_rekeys += 1
             case ChildSaDeleted(inbound_spi=spi):
                 self.inbound.pop(spi, None)
+                if spi in self.deferred:
+                    self.outbound = self.deferred.pop(spi)
             case IkeSaRekeyed():
                 tally.ike_rekeys += 1
             case RekeyFailed():
@@ -293,12 +306,17 @@ class SimClient:
             case IkeSaEstablished() | AddressAssigned():
                 pass
 
-    def _install(self, child: ChildSaEstablished) -> None:
+    def _install(self, child: ChildSaEstablished, defer_under: int | None = None) -> None:
+        """Both halves of a Child SA; outbound at once, or when ``defer_under`` is deleted."""
         suite = suite_by_name(child.esp_suite)
         self.inbound[child.inbound_spi] = InboundSa(
             child.inbound_spi, suite, child.inbound_keymat, esn=child.esn
         )
-        self.outbound = OutboundSa(child.outbound_spi, suite, child.outbound_keymat, esn=child.esn)
+        outbound = OutboundSa(child.outbound_spi, suite, child.outbound_keymat, esn=child.esn)
+        if defer_under is None:
+            self.outbound = outbound
+        else:
+            self.deferred[defer_under] = outbound
 
     def _fail(self, reason: str) -> None:
         if self.up or self.established_at is not None:

@@ -14,8 +14,10 @@ import pytest
 from common.ike.constants import NotifyType
 from common.ike.events import (
     AddressAssigned,
+    ChildSaDeleted,
     ChildSaEstablished,
     ChildSaFailed,
+    ChildSaRekeyed,
     IkeSaDeleted,
     IkeSaFailed,
     PeerUnreachable,
@@ -124,3 +126,43 @@ def test_source_addresses_are_hosts_of_the_cidr() -> None:
     assert source_addresses("198.51.100.0/30", 10) == ("198.51.100.1", "198.51.100.2")
     assert len(source_addresses("198.51.100.0/22", 1000)) == 1000
     assert source_addresses(None, 5) == ()
+
+
+def rekeyed(*, initiated_by_us: bool) -> ChildSaRekeyed:
+    return ChildSaRekeyed(
+        0x1001,
+        0x2002,
+        0x1003,
+        0x2004,
+        "aes256gcm16",
+        False,
+        bytes(36),
+        bytes(36),
+        (),
+        (),
+        initiated_by_us=initiated_by_us,
+    )
+
+
+def test_a_rekey_the_gateway_started_keeps_sending_on_the_old_sa_until_it_is_deleted(
+    client: SimClient,
+) -> None:
+    """The gateway installs its new inbound half only when our answer arrives."""
+    up(client)
+    client._on_event(rekeyed(initiated_by_us=False), 2.0)
+    assert client.tally.child_rekeys == 1
+    assert set(client.inbound) == {0x1001, 0x1003}  # both received on
+    assert client.outbound is not None
+    assert client.outbound.spi == 0x2002  # still the old one
+    client._on_event(ChildSaDeleted(0x1001, 0x2002), 2.1)
+    assert set(client.inbound) == {0x1003}
+    assert client.outbound.spi == 0x2004
+    assert client.deferred == {}
+
+
+def test_a_rekey_we_started_sends_on_the_new_sa_at_once(client: SimClient) -> None:
+    up(client)
+    client._on_event(rekeyed(initiated_by_us=True), 2.0)
+    assert client.outbound is not None
+    assert client.outbound.spi == 0x2004
+    assert client.deferred == {}
