@@ -18,12 +18,11 @@ host then sees the *inner* address as the source, where a split-tunnel
 laptop's packets show its outer address 192.0.2.2).
 
 :class:`ClientProcess` runs ``outpost up --profile FILE`` inside a laptop, in
-a private mount namespace with a test directory bound on ``/run/outpost``:
-the CLI has no option for its status socket or its stale-state directory
-(both default to ``/run/outpost`` for root), and another test or helper
-running a client on the same machine must not share them. The test reads
-the state files and asks ``outpost status --json --socket DIR/client.sock``
-through the same directory.
+a private mount namespace with a test directory bound on ``/run/outpost``.
+Root's client already keeps its status socket and stale-state records per
+named network namespace (``/run/outpost/netns/NAME/``); the bind mount also
+keeps them out of the real ``/run`` and lets the test read them from outside
+(``ClientProcess.state_dir``, ``outpost status --json --socket ...``).
 """
 
 from __future__ import annotations
@@ -177,8 +176,16 @@ class ClientProcess:
 
     @property
     def socket(self) -> Path:
-        """The status socket, as seen from outside the client's mount namespace."""
-        return self.run_dir / "client.sock"
+        """The status socket, as seen from outside the client's mount namespace.
+
+        Root's client keeps it per named network namespace (``client.statusd``).
+        """
+        return self.state_dir / "client.sock"
+
+    @property
+    def state_dir(self) -> Path:
+        """Root's status socket and stale-state records: per named network namespace."""
+        return self.run_dir / "netns" / self.host.name
 
     def start(self) -> None:
         """Start it (returns at once; wait with :meth:`wait_state` or :meth:`wait_log`)."""

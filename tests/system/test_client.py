@@ -225,7 +225,7 @@ def assert_host_restored(env: Env, run_dir: Path) -> None:
     assert not left, left
     assert not [r for r in routes(env.laptop) if r["dst"] in (*HALF_DEFAULTS, GATEWAY_IP)]
     assert route_get(env.laptop, LAN_HOST_IP)["dev"] == "to-inet"  # the default, no tunnel
-    assert not list(run_dir.glob("client-*.json")), list(run_dir.iterdir())
+    assert not list(run_dir.rglob("client-*.json")), list(run_dir.rglob("*"))
 
 
 # --- tests ------------------------------------------------------------------------------
@@ -338,7 +338,7 @@ def test_kill_9_is_repaired_at_the_next_start(env: Env, resolv: Path) -> None:
     # What a kill -9 leaves behind (the test would prove nothing if nothing were left).
     assert f"nameserver {LAB_DNS}" in resolv.read_text()
     assert [r for r in routes(env.laptop) if r["dst"] == GATEWAY_IP], routes(env.laptop)
-    assert (run_dir / "client-killed.json").exists()
+    assert (killed.state_dir / "client-killed.json").exists()
     # The TUN (and the routes through it) go with the last descriptor: the
     # data-plane workers must exit when their control channel closes.
     wait_until(
@@ -355,7 +355,7 @@ def test_kill_9_is_repaired_at_the_next_start(env: Env, resolv: Path) -> None:
     assert resolv.read_text() == ORIGINAL_RESOLV
     assert not Path(str(resolv) + BACKUP_SUFFIX).exists()
     assert not [r for r in routes(env.laptop) if r["dst"] in (GATEWAY_IP, *HALF_DEFAULTS)]
-    assert not (run_dir / "client-killed.json").exists()
+    assert not (killed.state_dir / "client-killed.json").exists()
     ping(env.laptop, LAN_HOST_IP)
     assert route_get(env.laptop, WWW_IP)["dev"] == "to-inet"
 
