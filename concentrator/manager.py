@@ -282,6 +282,11 @@ class TunnelManager:
     def next_deadline(self) -> float | None:
         return self._timers.next_deadline()
 
+    @property
+    def scheduled(self) -> int:
+        """Tunnels with a deadline in the one timer structure (at most one entry each)."""
+        return len(self._timers)
+
     def note_activity(self, inbound_packets: dict[int, int], now: float) -> None:
         """Per-tunnel inbound ESP packet totals from the data plane's counters."""
         for tunnel_id, packets in inbound_packets.items():

@@ -318,7 +318,7 @@ class Concentrator:
         assert self.pool is not None
         assert self._loop is not None
         pids = self.dataplane.worker_pids() if self.dataplane is not None else {}
-        return build_status(
+        status = build_status(
             self.manager,
             self.counters,
             self.pool,
@@ -326,6 +326,15 @@ class Concentrator:
             uptime_s=self._loop.time() - self._monotonic_start,
             memory=process_memory(pids),
         )
+        # What scales with tunnels and what must not (issue 6): one timer entry
+        # per tunnel in the manager's heap, a constant number of loop tasks and
+        # loop timers whatever the count of clients.
+        status["loop"] = {
+            "tasks": len(asyncio.all_tasks(self._loop)),
+            "timer_handles": len(getattr(self._loop, "_scheduled", ())),
+            "scheduled_tunnels": self.manager.scheduled,
+        }
+        return status
 
     def sessions(self) -> list[dict[str, Any]]:
         """``ServiceView.sessions``: one entry per tunnel."""

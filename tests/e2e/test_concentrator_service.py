@@ -45,7 +45,13 @@ from concentrator.config import load_config
 from concentrator.control import ControlError, control_request
 from concentrator.service import Concentrator
 from concentrator.store import MemoryStore
-from tests.helpers.concentrator_config import ALICE_PSK, BOB_PSK, base_document, write_config
+from tests.helpers.concentrator_config import (
+    ALICE_PSK,
+    BOB_PSK,
+    LOAD_PSK,
+    base_document,
+    write_config,
+)
 from tests.helpers.packets import ipv4_icmp_echo, ipv4_udp
 
 pytestmark = [pytest.mark.privileged, pytest.mark.asyncio]
@@ -417,3 +423,26 @@ async def test_reload_disconnects_removed_users_and_keeps_the_others(
         with pytest.raises(ControlError, match=r"concentrator\.toml"):
             await loop.run_in_executor(None, control_request, path, "reload")
         assert [str(t.identity) for t in manager.established()] == ["alice@example.com"]
+
+
+async def test_many_clients_add_no_task_and_no_loop_timer(
+    service: tuple[Concentrator, SocketpairHost],
+) -> None:
+    """Issue 6: no per-tunnel task or timer object; one heap entry per tunnel at most."""
+    concentrator, _host = service
+    with contextlib.ExitStack() as stack:
+        first = stack.enter_context(client_at(f"{LOOPBACK}.10", "user-1@loadtest", LOAD_PSK))
+        await connect(first)
+        one = concentrator.status()["loop"]
+        clients = [
+            stack.enter_context(client_at(f"{LOOPBACK}.{10 + n}", f"user-{n}@loadtest", LOAD_PSK))
+            for n in range(2, 31)
+        ]
+        for client in clients:
+            await connect(client)
+        assert all(c.child() is not None for c in clients)
+        many = concentrator.status()["loop"]
+    assert concentrator.status()["tunnels"] == 30
+    assert many["scheduled_tunnels"] == 30  # each tunnel's DPD deadline, in one heap
+    assert many["tasks"] <= one["tasks"]
+    assert many["timer_handles"] <= one["timer_handles"] + 1
