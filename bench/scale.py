@@ -16,8 +16,20 @@ control socket):
 2. ``strongswan``: the same against charon 5.9.8 + kernel-libipsec as the
    gateway (pool 10.99.100.0/22, PSK for any ``user-N@loadtest``), when
    installed; its memory is charon's resident growth, read from /proc;
-3. ``outpost-10k``: 10,000 tunnels (pool 10.99.64.0/18), unless ``--skip-10k``;
+3. ``outpost-ecdsa``: the 1,000 again as certificate users: the tester holds
+   a test CA (ECDSA P-256) and issues each client its own certificate just
+   before its handshake; the concentrator signs with a certificate from the
+   same CA and admits whomever the CA vouches for (``[ca] authorize = "any"``,
+   no ``[[users]]``), as a real certificate deployment runs;
+4. ``strongswan-ecdsa``: the same against charon (``auth = pubkey`` both
+   ways, ``remote { id = %any; cacerts = ca.pem }``);
+5. ``outpost-10k``: 10,000 tunnels (pool 10.99.64.0/18), unless ``--skip-10k``;
    if it does not get there, the report's failures name the limit.
+
+PSK and ECDSA figures are printed side by side, with the ratios of ours over
+strongSwan's for each. ECDSA costs both sides of every handshake a signature
+and a verification (and the gateway a chain validation), so its rate is the
+one that says how fast a certificate deployment can bring users back.
 
 Why the same tester, namespaces and minutes for both gateways: on a small
 shared VM absolute figures move by tens of percent; the ratio of neighbours
@@ -32,6 +44,7 @@ Results: a table on stdout and ``bench/results/scale.json``.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -65,6 +78,7 @@ from tests.helpers.concentrator_lab import (  # noqa: E402
     write_document,
 )
 from tests.helpers.netns import NetnsLab  # noqa: E402
+from tests.helpers.pki import make_ca, make_leaf  # noqa: E402
 from tests.helpers.strongswan import StrongSwan, SwanConnection  # noqa: E402
 
 RESULTS: Final = ROOT / "bench" / "results" / "scale.json"
@@ -85,6 +99,41 @@ psk = "{PSK}"
 proposals = ["aes256gcm16-prfsha256-x25519"]
 esp_proposals = ["aes256gcm16"]
 """
+
+
+ECDSA_PROFILE: Final = f"""\
+[gateway]
+address = "{GATEWAY_IP}"
+identity = "{GATEWAY_ID}"
+[auth]
+id = "user-{{n}}@loadtest"
+certificate_ca = "ca.pem"
+certificate_ca_key = "ca.key"
+ca = "ca.pem"
+[ike]
+proposals = ["aes256gcm16-prfsha256-x25519"]
+esp_proposals = ["aes256gcm16"]
+"""
+RUNS: Final = ("outpost", "strongswan", "outpost-ecdsa", "strongswan-ecdsa", "big")
+
+
+def write_pki(directory: Path) -> None:
+    """The test CA (ECDSA P-256; the tester holds its key) and the gateway's certificate.
+
+    Both gateways sign with ``gateway.pem`` and trust ``ca.pem`` for the clients;
+    the tester trusts ``ca.pem`` for the gateway.
+    """
+    now = datetime.datetime.now(datetime.UTC)
+    day = datetime.timedelta(days=1)
+    ca = make_ca("Outpost scale-bench CA", not_before=now - day, not_after=now + 30 * day)
+    gateway = make_leaf(
+        ca, GATEWAY_ID, dns_names=[GATEWAY_ID], not_before=now - day, not_after=now + 30 * day
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    ca.write_pem(directory / "ca.pem", directory / "ca.key")
+    gateway.write_pem(directory / "gateway.pem", directory / "gateway.key")
+    for key in ("ca.key", "gateway.key"):
+        (directory / key).chmod(0o600)
 
 
 def gateway_swanctl(conn: SwanConnection) -> str:
@@ -125,6 +174,49 @@ secrets {{
     ike-rw {{
         id = {GATEWAY_ID}
         secret = "{PSK}"
+    }}
+}}
+"""
+
+
+def gateway_swanctl_ecdsa(conn: SwanConnection) -> str:
+    """swanctl.conf for charon as the gateway of certificate users: pubkey both ways, a pool.
+
+    ``remote { id = %any; cacerts }``: anyone the CA vouches for, under the
+    identity their certificate names, as our ``[ca] authorize = "any"``.
+    """
+    del conn
+    return f"""\
+connections {{
+    rw {{
+        version = 2
+        local_addrs = {GATEWAY_IP}
+        pools = rw_pool
+        proposals = aes256gcm16-prfsha256-x25519
+        encap = yes
+        unique = never
+        local {{
+            auth = pubkey
+            id = {GATEWAY_ID}
+            certs = gateway.pem
+        }}
+        remote {{
+            auth = pubkey
+            id = %any
+            cacerts = ca.pem
+        }}
+        children {{
+            office {{
+                local_ts = {LAN}
+                esp_proposals = aes256gcm16
+                mode = tunnel
+            }}
+        }}
+    }}
+}}
+pools {{
+    rw_pool {{
+        addrs = {POOL_1K}
     }}
 }}
 """
@@ -187,14 +279,27 @@ class Bench:
         self.profile = workdir / "loadtest.toml"
         self.profile.write_text(PROFILE)
         self.profile.chmod(0o600)
+        self.pki = workdir / "pki"
+        write_pki(self.pki)
+        self.ecdsa_profile = self.pki / "loadtest.toml"
+        self.ecdsa_profile.write_text(ECDSA_PROFILE)
 
     def loadtest(
-        self, name: str, clients: int, rate: float, sources: str, socket: Path | None, hold: float
+        self,
+        name: str,
+        clients: int,
+        rate: float,
+        sources: str,
+        socket: Path | None,
+        hold: float,
+        *,
+        ecdsa: bool = False,
     ) -> dict[str, Any]:
         report = self.workdir / f"{name}.json"
+        profile = self.ecdsa_profile if ecdsa else self.profile
         argv = [
             LOADTEST,
-            *("--profile", str(self.profile), "--gateway", GATEWAY_IP),
+            *("--profile", str(profile), "--gateway", GATEWAY_IP),
             *("--clients", str(clients), "--rate", str(rate), "--duration", str(hold)),
             *("--traffic", "0.2", "--target", LAN_HOST_IP, "--source-addresses", sources),
             *("--processes", str(self.processes), "--json", str(report)),
@@ -214,15 +319,25 @@ class Bench:
         return data
 
     def outpost(
-        self, name: str, clients: int, rate: float, pool: str, sources: str, hold: float
+        self,
+        name: str,
+        clients: int,
+        rate: float,
+        pool: str,
+        sources: str,
+        hold: float,
+        *,
+        ecdsa: bool = False,
     ) -> dict[str, Any]:
         workdir = self.workdir / name
-        document = concentrator_document(
-            workdir,
-            [{"id": "user-{n}@loadtest", "psk": PSK, "n_max": 99999}],
-            dpd_interval=60,
-            dpd_timeout=300,
-        )
+        users = [] if ecdsa else [{"id": "user-{n}@loadtest", "psk": PSK, "n_max": 99999}]
+        document = concentrator_document(workdir, users, dpd_interval=60, dpd_timeout=300)
+        if ecdsa:
+            document["server"] |= {
+                "certificate": str(self.pki / "gateway.pem"),
+                "private_key": str(self.pki / "gateway.key"),
+            }
+            document["ca"] = {"certificate": str(self.pki / "ca.pem"), "authorize": "any"}
         document["pool"]["ipv4"] = pool
         document["ike"] = {
             "proposals": ["aes256gcm16-prfsha256-x25519"],
@@ -234,7 +349,7 @@ class Bench:
         concentrator.start()
         try:
             result = self.loadtest(
-                name, clients, rate, sources, Path(document["control"]["socket"]), hold
+                name, clients, rate, sources, Path(document["control"]["socket"]), hold, ecdsa=ecdsa
             )
             try:
                 result["gateway_status_after"] = concentrator.status()
@@ -244,24 +359,34 @@ class Bench:
             concentrator.stop(timeout=120)
         return result
 
-    def strongswan(self, clients: int, rate: float, hold: float) -> dict[str, Any]:
-        workdir = self.workdir / "strongswan"
+    def strongswan(
+        self, name: str, clients: int, rate: float, hold: float, *, ecdsa: bool = False
+    ) -> dict[str, Any]:
+        workdir = self.workdir / name
         workdir.mkdir()
         self.lab.gw.sysctl({"net.ipv4.ip_forward": 1})
         swan = StrongSwan(self.lab.gw, workdir)
         connection = SwanConnection(GATEWAY_IP, GATEWAY_ID, "%any", PSK)
+        files = {}
+        if ecdsa:
+            files = {
+                "x509ca/ca.pem": (self.pki / "ca.pem").read_bytes(),
+                "x509/gateway.pem": (self.pki / "gateway.pem").read_bytes(),
+                "private/gateway.pem": (self.pki / "gateway.key").read_bytes(),
+            }
+        swanctl = gateway_swanctl_ecdsa if ecdsa else gateway_swanctl
         with (
-            mock.patch.object(strongswan, "swanctl_conf", gateway_swanctl),
+            mock.patch.object(strongswan, "swanctl_conf", swanctl),
             mock.patch.object(strongswan, "strongswan_conf", gateway_strongswan_conf),
         ):
-            swan.start(connection)
+            swan.start(connection, files=files)
         try:
             pid = charon_pid(swan)
             before = rss_of(pid) if pid else None
             cpu_before = _cpu(pid) if pid else None
             started = time.monotonic()
             # The tester reads no control socket here: sample charon during the hold.
-            result = self._loadtest_sampling(clients, rate, hold, pid)
+            result = self._loadtest_sampling(name, clients, rate, hold, pid, ecdsa=ecdsa)
             if pid and before is not None and result.get("established"):
                 peak = result.pop("_charon_rss_peak", before)
                 result["charon_rss_per_tunnel_bytes"] = round(
@@ -278,7 +403,7 @@ class Bench:
         return result
 
     def _loadtest_sampling(
-        self, clients: int, rate: float, hold: float, pid: int | None
+        self, name: str, clients: int, rate: float, hold: float, pid: int | None, *, ecdsa: bool
     ) -> dict[str, Any]:
         peak = [rss_of(pid) if pid else 0]
         done = threading.Event()
@@ -294,7 +419,7 @@ class Bench:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         try:
-            result = self.loadtest("strongswan", clients, rate, SOURCES_1K, None, hold)
+            result = self.loadtest(name, clients, rate, SOURCES_1K, None, hold, ecdsa=ecdsa)
         finally:
             done.set()
             sampler.join()
@@ -327,13 +452,14 @@ def summary(name: str, data: dict[str, Any]) -> dict[str, Any]:
         "answered": f"{data['packets_received']}/{data['packets_sent']}",
         "rss_per_tunnel_kib": None if per_tunnel is None else round(per_tunnel / 1024, 1),
         "cpu_percent": concentrator.get("cpu_percent", data.get("charon_cpu_percent")),
+        "issue_ms": (data.get("certificates") or {}).get("mean_issue_ms"),
         "failures": data["failures"],
     }
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     columns = (
-        ("run", 12),
+        ("run", 17),
         ("held", 6),
         ("failed", 6),
         ("handshakes_per_s", 17),
@@ -345,11 +471,35 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     print("  ".join(name.ljust(width) for name, width in columns))
     for row in rows:
         if "error" in row:
-            print(f"{row['run']:<12}  {row['error']}")
+            print(f"{row['run']:<17}  {row['error']}")
             continue
         print("  ".join(str(row.get(name)).ljust(width) for name, width in columns))
         if row["failures"]:
-            print(f"{'':12}  failures: {row['failures']}")
+            print(f"{'':17}  failures: {row['failures']}")
+
+
+COMPARED: Final = ("handshakes_per_s", "establish_p95_ms", "rss_per_tunnel_kib")
+
+
+def print_side_by_side(by_run: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """PSK and ECDSA, ours and strongSwan's, one line per figure; the ratios ours/theirs."""
+    pairs = {"psk": ("outpost", "strongswan"), "ecdsa": ("outpost-ecdsa", "strongswan-ecdsa")}
+    ratios: dict[str, dict[str, float | None]] = {}
+    header = f"{'':20}" + "".join(
+        f"{auth + ' ' + side:>18}" for auth in pairs for side in ("outpost", "strongswan", "ratio")
+    )
+    lines = []
+    for key in COMPARED:
+        line = f"{key:20}"
+        for auth, (ours, theirs) in pairs.items():
+            a, b = by_run.get(ours, {}), by_run.get(theirs, {})
+            value = ratio(a, b, key)
+            ratios.setdefault(auth, {})[key] = value
+            line += "".join(f"{x!s:>18}" for x in (a.get(key), b.get(key), value))
+        lines.append(line)
+    print(header)
+    print("\n".join(lines))
+    return ratios
 
 
 def ratio(ours: dict[str, Any], theirs: dict[str, Any], key: str) -> float | None:
@@ -367,11 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big", type=int, default=10_000, help="clients of the big run")
     parser.add_argument("--skip-10k", action="store_true", help="no big run")
     parser.add_argument(
-        "--runs",
-        nargs="+",
-        choices=("outpost", "strongswan", "big"),
-        default=("outpost", "strongswan", "big"),
-        help="which runs (default all)",
+        "--runs", nargs="+", choices=RUNS, default=RUNS, help="which runs (default all)"
     )
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -384,30 +530,28 @@ def main(argv: list[str] | None = None) -> int:
     raw: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="outpost-scale-") as tmp, NetnsLab() as netns:
         bench = Bench(netns, Path(tmp), args.processes)
-        if "outpost" in args.runs:
-            raw["outpost"] = bench.outpost(
-                "outpost", args.clients, args.rate, POOL_1K, SOURCES_1K, args.hold
-            )
-            rows.append(summary("outpost", raw["outpost"]))
-        if "strongswan" not in args.runs:
-            pass
-        elif have_swan:
-            raw["strongswan"] = bench.strongswan(args.clients, args.rate, args.hold)
-            rows.append(summary("strongswan", raw["strongswan"]))
-        else:
-            print("strongSwan not installed: no comparison (make debs)", file=sys.stderr)
+        for run in args.runs:
+            if run == "big":
+                continue
+            ecdsa = run.endswith("-ecdsa")
+            if run.startswith("outpost"):
+                raw[run] = bench.outpost(
+                    run, args.clients, args.rate, POOL_1K, SOURCES_1K, args.hold, ecdsa=ecdsa
+                )
+            elif have_swan:
+                raw[run] = bench.strongswan(run, args.clients, args.rate, args.hold, ecdsa=ecdsa)
+            else:
+                print(f"strongSwan not installed: no {run} (make debs)", file=sys.stderr)
+                continue
+            rows.append(summary(run, raw[run]))
         if not args.skip_10k and "big" in args.runs:
             raw["outpost-big"] = bench.outpost(
                 "outpost-big", args.big, args.rate, POOL_10K, SOURCES_10K, args.hold
             )
             rows.append(summary(f"outpost-{args.big // 1000}k", raw["outpost-big"]))
     print_table(rows)
-    ratios = {}
-    if len(rows) > 1 and rows[1]["run"] == "strongswan" and "error" not in rows[1]:
-        # rows[0] is "outpost": both ran, neighbours in time.
-        for key in ("handshakes_per_s", "establish_p95_ms", "rss_per_tunnel_kib"):
-            ratios[key] = ratio(rows[0], rows[1], key)
-        print("outpost/strongswan: " + "  ".join(f"{k} {v}" for k, v in ratios.items()))
+    # Neighbours in time (PSK pair, then ECDSA pair): the ratios mean something.
+    ratios = print_side_by_side({row["run"]: row for row in rows if "error" not in row})
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(
         json.dumps(
