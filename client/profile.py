@@ -255,6 +255,20 @@ def load_profile(path: Path | str, *, allow_pattern: bool = False) -> Profile:
         raise ProfileError(source, "", "not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(source, "", f"TOML syntax error: {exc}") from None
+    return profile_from_document(source, data, allow_pattern=allow_pattern)
+
+
+def profile_from_document(
+    source: Path, data: dict[str, Any], *, allow_pattern: bool = False
+) -> Profile:
+    """Check an already parsed profile document (``load_profile`` after reading the file).
+
+    For tools that add keys of their own (the load tester's issuing CA), take
+    them out and hand the rest here: one parser, errors naming ``source``.
+
+    Raises:
+        ProfileError: as ``load_profile``.
+    """
     try:
         return _build(source, Table(source, "", data), allow_pattern)
     except ProfileError:

@@ -31,8 +31,7 @@ from typing import Any, Final
 
 from cryptography import x509
 
-from client import profile as client_profile
-from client.profile import Profile, ProfileError, load_profile
+from client.profile import Profile, ProfileError, load_profile, profile_from_document
 from common.config_files import read_certificates, read_private_key, readable_warning
 from common.ike.auth import SigningKey
 from common.tomlreader import ConfigError, Table
@@ -128,10 +127,5 @@ def _issuing_ca(source: Path, auth: dict[str, Any]) -> tuple[IssuingCa, list[str
 
 
 def _build(data: dict[str, Any], source: Path) -> Profile:
-    """The client's own checks on an already parsed document.
-
-    ``client.profile`` exposes loading from a path only; its ``_build`` is
-    exactly what ``load_profile`` runs after parsing. Calling it keeps one
-    parser for both tools (and error messages naming the real file).
-    """
-    return client_profile._build(source, Table(source, "", data), True)
+    """The client's own checks on the document (one parser, errors naming the real file)."""
+    return profile_from_document(source, data, allow_pattern=True)
