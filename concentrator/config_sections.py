@@ -17,8 +17,7 @@ from typing import Final, TypeVar
 from common.config_files import read_certificates, read_file, read_private_key, readable_warning
 from common.ike import defaults
 from common.ike.config import IpAddress, IpNetwork
-from common.ike.constants import IdType
-from common.ike.identities import identity_key, parse_identity
+from common.ike.identities import PATTERN, identity_key, parse_identity, parse_identity_pattern
 from common.ike.proposals import esp_proposal, ike_proposal
 from common.tomlreader import Table
 from concentrator.config_model import (
@@ -41,7 +40,6 @@ from concentrator.config_model import (
 
 PSK_MIN_BYTES: Final = 8  # below: an error (guessable offline from one handshake)
 PSK_WEAK_BYTES: Final = 16  # below: a warning (RFC 7296 2.15: as strong as the PRF key)
-PATTERN: Final = "{n}"
 _IFNAMSIZ: Final = 16  # Linux interface names: 15 characters and a NUL
 
 T = TypeVar("T")
@@ -287,17 +285,10 @@ def _load_user(
 
 
 def _user_identity_type(table: Table, user_id: str) -> int:
-    if user_id.count(PATTERN) > 1:
-        raise table.error("id", f"{user_id!r}: at most one {PATTERN}")
-    rest = user_id.replace(PATTERN, "")
-    if "{" in rest or "}" in rest:
-        raise table.error("id", f"{user_id!r}: the only placeholder is {PATTERN}")
     try:
-        identity = parse_identity(user_id.replace(PATTERN, "0"))
+        identity = parse_identity_pattern(user_id)
     except ValueError as exc:
         raise table.error("id", str(exc)) from None
-    if PATTERN in user_id and identity.id_type in (IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR):
-        raise table.error("id", f"{user_id!r}: patterns are for FQDN and e-mail ids")
     return int(identity.id_type)
 
 

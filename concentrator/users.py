@@ -36,10 +36,9 @@ from typing import Literal
 from cryptography import x509
 
 from common.ike.config import IpAddress, IpNetwork
-from common.ike.identities import identity_key, identity_text, parse_identity
+from common.ike.identities import PATTERN, identity_key, identity_text, parse_identity
 from common.ike.policy import CertificatePolicy, Identity
 from concentrator.config_model import Config, UserConfig
-from concentrator.config_sections import PATTERN
 from concentrator.pool import AddressPool
 
 _NUMBER = r"(0|[1-9][0-9]*)"

@@ -16,6 +16,7 @@ typing ``Alice@Example.com`` in their client.
 from __future__ import annotations
 
 import ipaddress
+from typing import Final
 
 from common.ike.constants import IdType
 from common.ike.policy import Identity
@@ -64,3 +65,27 @@ def identity_key(identity: Identity) -> str:
     if identity.id_type in _TEXT_TYPES:
         text = text.lower()
     return f"{identity.id_type.name}:{text}"
+
+
+PATTERN: Final = "{n}"  # a load-test identity family: user-{n}@loadtest (issue 6)
+
+
+def parse_identity_pattern(text: str) -> Identity:
+    """``parse_identity`` for an id that may hold one ``{n}`` (checked with n = 0).
+
+    The concentrator's ``[[users]]`` ids and the load tester's profile ids
+    follow the same rules, so both ask here.
+
+    Raises:
+        ValueError: more than one ``{n}``, another placeholder, an id that does
+            not parse, or a pattern in an IP address id (one line each).
+    """
+    if text.count(PATTERN) > 1:
+        raise ValueError(f"{text!r}: at most one {PATTERN}")
+    rest = text.replace(PATTERN, "")
+    if "{" in rest or "}" in rest:
+        raise ValueError(f"{text!r}: the only placeholder is {PATTERN}")
+    identity = parse_identity(text.replace(PATTERN, "0"))
+    if PATTERN in text and identity.id_type in (IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR):
+        raise ValueError(f"{text!r}: patterns are for FQDN and e-mail ids")
+    return identity
