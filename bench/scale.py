@@ -345,7 +345,9 @@ class Bench:
         }
         document["cookies"] = {"threshold": 1000}
         config = write_document(workdir / "concentrator.toml", document)
-        concentrator = ConcentratorProcess(self.lab.gw, config, workdir / "concentrator.log")
+        concentrator = ConcentratorProcess(
+            self.lab.gw, config, log_path=workdir / "concentrator.log"
+        )
         concentrator.start()
         try:
             result = self.loadtest(

@@ -29,16 +29,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, ClassVar, Final
 
 from tests.helpers.concentrator_lab import (
     GATEWAY_ID,
@@ -48,6 +45,7 @@ from tests.helpers.concentrator_lab import (
     ConcentratorLab,
     build_lab,
 )
+from tests.helpers.logged_process import LoggedProcess
 from tests.helpers.netns import Host, NetnsLab
 
 # OUTPOST_CLIENT runs the tests against another build of the command.
@@ -158,21 +156,17 @@ def write_profile(path: Path, text: str) -> Path:
 
 
 @dataclass
-class ClientProcess:
+class ClientProcess(LoggedProcess):
     """One ``outpost up --profile PROFILE`` inside ``host``, with ``run_dir`` as /run/outpost.
 
-    Every stderr line is kept in :attr:`lines` (and copied to ``log_path``).
+    Its stderr lines are read as they come (``logged_process.LoggedProcess``).
     """
 
     host: Host
     profile: Path
     run_dir: Path
-    log_path: Path
     verbose: bool = False
-    process: subprocess.Popen[str] | None = None
-    lines: list[str] = field(default_factory=list)
-    _changed: threading.Condition = field(default_factory=threading.Condition)
-    _reader: threading.Thread | None = None
+    name: ClassVar[str] = "the client"
 
     @property
     def socket(self) -> Path:
@@ -208,57 +202,7 @@ class ClientProcess:
             text=True,
             cwd=REPO,
         )
-        assert self.process.stderr is not None
-        self._reader = threading.Thread(target=self._read, args=(self.process.stderr,), daemon=True)
-        self._reader.start()
-
-    def _read(self, stream: IO[str]) -> None:
-        with self.log_path.open("a") as copy:
-            for line in stream:
-                copy.write(line)
-                copy.flush()
-                with self._changed:
-                    self.lines.append(line.rstrip("\n"))
-                    self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    def log_text(self, since: int = 0) -> str:
-        with self._changed:
-            return "\n".join(self.lines[since:])
-
-    def mark(self) -> int:
-        """An index into :attr:`lines`, for ``since``."""
-        with self._changed:
-            return len(self.lines)
-
-    def wait_log(self, pattern: str, *, since: int = 0, timeout: float = 15.0) -> re.Match[str]:
-        """The first stderr line after ``since`` matching ``pattern``; raises with the log."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for line in self.lines[since:]:
-                    if match := regex.search(line):
-                        return match
-                remaining = deadline - time.monotonic()
-                exited = self.process is not None and self.process.poll() is not None
-                if remaining <= 0 or (exited and not self._reader_alive()):
-                    raise AssertionError(
-                        f"the client never logged {pattern!r} ({self._state_text()}):\n"
-                        + "\n".join(self.lines[-60:])
-                    )
-                self._changed.wait(min(remaining, 0.2))
-
-    def _reader_alive(self) -> bool:
-        return self._reader is not None and self._reader.is_alive()
-
-    def _state_text(self) -> str:
-        status = None if self.process is None else self.process.poll()
-        return "still running" if status is None else f"exited {status}"
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        self._follow()
 
     def status(self) -> dict[str, Any] | None:
         """``outpost status --json --socket ...`` parsed; None while nothing answers."""
@@ -297,21 +241,6 @@ class ClientProcess:
     def wait_state(self, state: str, *, timeout: float = 20.0) -> dict[str, Any]:
         """Wait until ``outpost status --json`` says ``state`` (e.g. "connected")."""
         return self.wait_status(lambda s: s.get("state") == state, timeout=timeout, what=state)
-
-    def stop(self, *, timeout: float = 15.0) -> int:
-        """SIGTERM (Delete to the gateway, every change undone); the exit status."""
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            status = self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
-            raise AssertionError(f"the client ignored SIGTERM:\n{self.log_text()}") from None
-        if self._reader is not None:
-            self._reader.join(timeout=5)
-        return status
 
     def kill(self) -> None:
         """SIGKILL: nothing is undone, which the next start must repair."""

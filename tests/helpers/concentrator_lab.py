@@ -31,19 +31,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import struct
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, ClassVar, Final
 from unittest import mock
 
 from tests.helpers import strongswan
 from tests.helpers.concentrator_config import Document, dumps
+from tests.helpers.logged_process import LoggedProcess
 from tests.helpers.netns import Host, NetnsLab
 from tests.helpers.packets import esp_trailer, ipv4_header, reference_esp_seal
 from tests.helpers.strongswan import StrongSwan, SwanConnection
@@ -126,21 +125,15 @@ def write_document(path: Path, document: Document) -> Path:
 
 
 @dataclass
-class ConcentratorProcess:
+class ConcentratorProcess(LoggedProcess):
     """One ``outpost-concentrator run --config CONFIG`` inside ``host``.
 
-    Every stderr line is kept in :attr:`lines` (and written to ``log_path``,
-    so a failed test can show it); :meth:`mark` and ``since=`` let a test
-    look only at what happened after a point.
+    Its stderr lines are read as they come (``logged_process.LoggedProcess``).
     """
 
     host: Host
     config: Path
-    log_path: Path
-    process: subprocess.Popen[str] | None = None
-    lines: list[str] = field(default_factory=list)
-    _changed: threading.Condition = field(default_factory=threading.Condition)
-    _reader: threading.Thread | None = None
+    name: ClassVar[str] = "concentrator"
 
     def start(self, *, timeout: float = 20.0) -> None:
         """Start it and wait for its "listening on" line (raises with the log if it dies)."""
@@ -151,84 +144,8 @@ class ConcentratorProcess:
             text=True,
             cwd=REPO,
         )
-        assert self.process.stderr is not None
-        self._reader = threading.Thread(target=self._read, args=(self.process.stderr,), daemon=True)
-        self._reader.start()
+        self._follow()
         self.wait_log(r"listening on ", timeout=timeout, what="the concentrator to listen")
-
-    def _read(self, stream: IO[str]) -> None:
-        with self.log_path.open("a") as copy:
-            for line in stream:
-                copy.write(line)
-                copy.flush()
-                with self._changed:
-                    self.lines.append(line.rstrip("\n"))
-                    self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    def mark(self) -> int:
-        """An index into :attr:`lines`: pass it as ``since`` to ignore older lines."""
-        with self._changed:
-            return len(self.lines)
-
-    def log_text(self, since: int = 0) -> str:
-        with self._changed:
-            return "\n".join(self.lines[since:])
-
-    def find(self, pattern: str, since: int = 0) -> list[re.Match[str]]:
-        """Every log line after ``since`` that ``pattern`` (a regex) matches."""
-        regex = re.compile(pattern)
-        with self._changed:
-            return [m for line in self.lines[since:] if (m := regex.search(line))]
-
-    def wait_log(
-        self, pattern: str, *, since: int = 0, timeout: float = 10.0, what: str | None = None
-    ) -> re.Match[str]:
-        """The first line after ``since`` matching ``pattern``; raises if none in ``timeout``.
-
-        Also raises at once if the process exits first, with its log: a
-        crashed concentrator must not look like a slow one.
-        """
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for line in self.lines[since:]:
-                    if match := regex.search(line):
-                        return match
-                status = None if self.process is None else self.process.poll()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or (status is not None and not self._reader_alive()):
-                    state = "still running" if status is None else f"exited {status}"
-                    raise AssertionError(
-                        f"concentrator never logged {what or pattern!r} ({state}):\n"
-                        + "\n".join(self.lines[-80:])
-                    )
-                self._changed.wait(min(remaining, 0.2))
-
-    def _reader_alive(self) -> bool:
-        return self._reader is not None and self._reader.is_alive()
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self, *, timeout: float = 15.0) -> int:
-        """SIGTERM (a graceful stop sends a Delete to every client); the exit status."""
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            status = self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
-            raise AssertionError(
-                f"concentrator ignored SIGTERM for {timeout} s:\n{self.log_text()}"
-            ) from None
-        if self._reader is not None:
-            self._reader.join(timeout=5)
-        return status
 
     # --- the admin's view: control socket and metrics -------------------------------------
 

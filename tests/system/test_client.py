@@ -92,7 +92,7 @@ class Gateway:
     def start(self) -> ConcentratorProcess:
         self.starts += 1
         process = ConcentratorProcess(
-            self.lab.gw, self.config, self.workdir / f"concentrator-{self.starts}.log"
+            self.lab.gw, self.config, log_path=self.workdir / f"concentrator-{self.starts}.log"
         )
         process.start()
         self.process = process
@@ -133,7 +133,7 @@ class Env:
             self.laptop,
             profile,
             run_dir or self.tmp / f"run-{len(self.clients)}",
-            self.tmp / f"client-{len(self.clients)}-{name}.log",
+            log_path=self.tmp / f"client-{len(self.clients)}-{name}.log",
         )
         self.clients.append(client)
         client.start()

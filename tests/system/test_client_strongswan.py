@@ -172,7 +172,9 @@ def start_client(
         tmp_path / "office.toml",
         profile_text(ike_proposals=[IKE], esp_proposals=[esp], **settings),
     )
-    client = ClientProcess(lab.laptops[0], profile, tmp_path / "run", tmp_path / "client.log")
+    client = ClientProcess(
+        lab.laptops[0], profile, tmp_path / "run", log_path=tmp_path / "client.log"
+    )
     client.start()
     return client
 

@@ -117,7 +117,7 @@ class Gateway:
         )
         self.starts += 1
         process = ConcentratorProcess(
-            self.lab.gw, config, self.workdir / f"concentrator-{self.starts}.log"
+            self.lab.gw, config, log_path=self.workdir / f"concentrator-{self.starts}.log"
         )
         process.start()
         self.process, self.config_name = process, name

@@ -92,7 +92,7 @@ class Env:
         assert status == 0, self.concentrator.log_text()[-4000:]
         config = write_document(self.workdir / name / "concentrator.toml", document)
         self.concentrator = ConcentratorProcess(
-            self.lab.gw, config, self.workdir / name / "concentrator.log"
+            self.lab.gw, config, log_path=self.workdir / name / "concentrator.log"
         )
         self.concentrator.start()
         self.socket = Path(document["control"]["socket"])
@@ -132,7 +132,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         lab.lan.ip("route", "add", POOL, "via", GATEWAY_LAN_IP)
         document = psk_document(workdir)
         config = write_document(workdir / "concentrator.toml", document)
-        concentrator = ConcentratorProcess(lab.gw, config, workdir / "concentrator.log")
+        concentrator = ConcentratorProcess(lab.gw, config, log_path=workdir / "concentrator.log")
         concentrator.start()
         profile = workdir / "loadtest.toml"
         profile.write_text(profile_text())

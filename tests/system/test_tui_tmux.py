@@ -137,7 +137,7 @@ def test_tui_in_tmux_connects_counts_a_ping_and_deletes_on_quit(
         tmp_path / "concentrator.toml",
         concentrator_document(tmp_path, [{"id": USER, "psk": psk}]),
     )
-    concentrator = ConcentratorProcess(lab.gw, config, tmp_path / "concentrator.log")
+    concentrator = ConcentratorProcess(lab.gw, config, log_path=tmp_path / "concentrator.log")
     concentrator.start()
     profile = write_profile(tmp_path / "office.toml", psk)
     exit_file = tmp_path / "tui.exit"
