@@ -50,9 +50,7 @@ from client.outcomes import (
     Outcome,
     classify_child_failure,
     classify_failure,
-    host_port,
     same_host,
-    selector_networks,
     traffic_from,
 )
 from client.profile import GatewayUnresolved, Profile, resolve_gateway
@@ -90,8 +88,9 @@ from common.ike.events import (
     PeerUnreachable,
     RekeyFailed,
 )
-from common.ike.exchanges import Address, tries_within
+from common.ike.exchanges import Address, format_address, tries_within
 from common.ike.identities import identity_text
+from common.ike.selectors import networks_of
 from common.ike.session import IkeSaState, IkeSession
 from concentrator.control import ControlError, ControlServer
 
@@ -344,7 +343,7 @@ class Controller:
         self._session_closed.clear()
         self._say(
             "info",
-            f"connecting to {host_port(str(address), self._gateway_port)}"
+            f"connecting to {format_address((str(address), self._gateway_port))}"
             + ("" if first else f" (attempt {self._status.reconnect_attempt + 1})"),
         )
         self._session.initiate(self._now())
@@ -511,7 +510,9 @@ class Controller:
                 self._closed(Outcome("gateway unreachable", retry=True))
 
     def _gateway_text(self) -> str:
-        return host_port(self._gateway_ip or self.profile.gateway.address, self._gateway_port)
+        return format_address(
+            (self._gateway_ip or self.profile.gateway.address, self._gateway_port)
+        )
 
     def _closed(self, outcome: Outcome) -> None:
         """The session closed (every ChildSaDeleted came before this)."""
@@ -625,7 +626,7 @@ class Controller:
         tunnel = self.profile.tunnel
         gateway = ipaddress.ip_address(self._gateway_ip)
         offered = lease.all_subnets or tuple(
-            n for n in selector_networks(child.remote_ts) if n.prefixlen > 0
+            n for n in networks_of(child.remote_ts) if n.prefixlen > 0
         )
         plan = NetworkPlan(
             tun=self._tun.name,
@@ -661,7 +662,7 @@ class Controller:
             inbound_spi=child.inbound_spi,
             outbound_spi=child.outbound_spi,
             peer_address=session.remote_addr,
-            inner_networks=tuple(str(n) for n in selector_networks(child.remote_ts)),
+            inner_networks=tuple(str(n) for n in networks_of(child.remote_ts)),
             inbound_keymat=child.inbound_keymat,
             outbound_keymat=child.outbound_keymat,
             esn=child.esn,
@@ -869,7 +870,7 @@ class Controller:
             next_rekey_at = time.time() + (lifetime.rekey_at - self._now())
         host, port = session.remote_addr
         return TunnelInfo(
-            gateway=host_port(host, port),
+            gateway=format_address((host, port)),
             gateway_identity=identity_text(self.profile.gateway.identity),
             inner_ipv4=str(lease.address) if lease.address else None,
             inner_ipv6=str(lease.address_v6) if lease.address_v6 else None,

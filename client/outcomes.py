@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
 from client.state import Traffic
 from common.dataplane.control import DataPlaneCounters
-from common.hostnet.base import IpNetwork
 from common.ike.constants import NotifyType
 from common.ike.events import ChildSaFailed, IkeSaFailed
-from common.ike.payloads import TrafficSelector
 
 NO_CAP_NET_ADMIN: Final = "Outpost needs root or CAP_NET_ADMIN to create its network device"
 DENIED: Final = (errno.EPERM, errno.EACCES)
@@ -87,20 +84,6 @@ def traffic_from(counters: DataPlaneCounters) -> Traffic:
         bytes_out=counters.outbound.get("octets", 0),
         drops=drops,
     )
-
-
-def selector_networks(selectors: Iterable[TrafficSelector]) -> tuple[IpNetwork, ...]:
-    """The exact CIDR cover of address-range traffic selectors (RFC 7296 3.13.1)."""
-    networks: list[IpNetwork] = []
-    for selector in selectors:
-        start, end = selector.start_address, selector.end_address
-        if start.version == end.version and int(start) <= int(end):
-            networks.extend(ipaddress.summarize_address_range(start, end))
-    return tuple(networks)
-
-
-def host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def same_host(a: str, b: str) -> bool:

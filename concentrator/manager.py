@@ -44,7 +44,6 @@ Decisions, each for a reason:
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -55,7 +54,7 @@ from cryptography import x509
 
 from common.dataplane.messages import SaPair
 from common.esp.spi import allocate_spi
-from common.ike.constants import ExchangeType
+from common.ike.constants import ExchangeType, NotifyType
 from common.ike.cookies import CookieIssuer, needs_cookie, parse_ike_sa_init_request
 from common.ike.errors import IkeError
 from common.ike.events import (
@@ -67,11 +66,10 @@ from common.ike.events import (
     IkeSaDeleted,
     IkeSaEstablished,
     IkeSaFailed,
-    IkeSaRekeyed,
     PeerUnreachable,
     RekeyFailed,
 )
-from common.ike.exchanges import Address
+from common.ike.exchanges import Address, format_address
 from common.ike.message import peek_header
 from common.ike.policy import (
     CertificatePolicy,
@@ -82,10 +80,11 @@ from common.ike.policy import (
     IpVersion,
     ResponderPolicy,
 )
+from common.ike.selectors import networks_of
 from common.ike.session import IkeSession, Rng
 from common.ike.state import IkeSaState
 from common.timers import TimerQueue
-from concentrator.tunnel import ChildRecord, Tunnel, selector_networks
+from concentrator.tunnel import ChildRecord, Tunnel
 
 log = logging.getLogger("outpost.concentrator")
 
@@ -247,7 +246,7 @@ class TunnelManager:
                 return
             tunnel = self._half_open.get((header.spi_i, remote[0], remote[1]))
             if tunnel is None:
-                tunnel = self._admit(data, remote, local, now)
+                tunnel = self._admit(data, header.spi_i, remote, local, now)
                 if tunnel is None:
                     return
         if tunnel is None:
@@ -348,7 +347,9 @@ class TunnelManager:
 
     # --- intake ------------------------------------------------------------------------
 
-    def _admit(self, data: bytes, remote: Address, local: Address, now: float) -> Tunnel | None:
+    def _admit(
+        self, data: bytes, spi_i: bytes, remote: Address, local: Address, now: float
+    ) -> Tunnel | None:
         """A new IKE_SA_INIT: COOKIE it, refuse it, or give it a session."""
         half_open = len(self._half_open)
         if half_open >= self.settings.max_half_open:
@@ -393,7 +394,7 @@ class TunnelManager:
             spi_allocator=allocate,
         )
         tunnel = Tunnel(tunnel_id, session, local, now, remote, allocated_spis=allocated)
-        tunnel.half_open_key = (parse_spi_i(data), remote[0], remote[1])
+        tunnel.half_open_key = (spi_i, remote[0], remote[1])
         tunnel.last_activity = now
         self.tunnels[tunnel_id] = tunnel
         self._half_open[tunnel.half_open_key] = tunnel
@@ -527,17 +528,15 @@ class TunnelManager:
                 log.warning("child refused %s: %s", tunnel.identity, event.reason)
                 self.handshakes[f"child failed: {_notify_name(event.notify, event.reason)}"] += 1
                 self._close(tunnel, "no child SA", now)
-            case IkeSaRekeyed():
-                for spi in (event.spi_i, event.spi_r):
-                    self._by_spi[spi] = tunnel
-                    tunnel.ike_spis.add(spi)
             case RekeyFailed():
                 log.info("rekey refused %s: %s", tunnel.identity, event.reason)
             case IkeSaFailed():
                 if not tunnel.established:
                     reason = _notify_name(event.notify, event.reason)
                     self.handshakes[f"failed: {reason}"] += 1
-                    log.warning("handshake from %s failed: %s", _addr(tunnel.remote), reason)
+                    log.warning(
+                        "handshake from %s failed: %s", format_address(tunnel.remote), reason
+                    )
                 tunnel.close_reason = tunnel.close_reason or event.reason
             case IkeSaDeleted():
                 tunnel.close_reason = tunnel.close_reason or (
@@ -581,7 +580,7 @@ class TunnelManager:
         *,
         defer_outbound: bool = False,
     ) -> None:
-        networks = selector_networks(event.remote_ts)
+        networks = tuple(networks_of(event.remote_ts))
         pair = SaPair(
             peer_id=tunnel.tunnel_id,
             suite=event.esp_suite,
@@ -608,7 +607,7 @@ class TunnelManager:
             log.info(
                 "tunnel up %s from %s inner %s suite %s ike %s",
                 tunnel.identity,
-                _addr(tunnel.remote),
+                format_address(tunnel.remote),
                 ",".join(str(a) for a in tunnel.leased) or "-",
                 event.esp_suite,
                 tunnel.ike_suite,
@@ -659,22 +658,12 @@ class TunnelManager:
             log.info(
                 "tunnel down %s from %s inner %s: %s after %.0f s",
                 tunnel.identity,
-                _addr(tunnel.remote),
+                format_address(tunnel.remote),
                 ",".join(str(a) for a in tunnel.leased) or "-",
                 reason,
                 now - (tunnel.established_at or now),
             )
 
 
-def parse_spi_i(data: bytes) -> bytes:
-    return bytes(data[:8])
-
-
-def _notify_name(notify: object, reason: str) -> str:
-    name = getattr(notify, "name", None)
-    return str(name) if name else reason
-
-
-def _addr(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ipaddress.ip_address(host).version == 6 else f"{host}:{port}"
+def _notify_name(notify: NotifyType | None, reason: str) -> str:
+    return notify.name if notify is not None else reason

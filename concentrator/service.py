@@ -109,7 +109,7 @@ class Concentrator:
         self.pool: AddressPool | None = None
         self.tun: TunDevice | None = None
         self.tun_mtu = 0
-        self.counters: DataPlaneCounters | None = None
+        self._counted: DataPlaneCounters | None = None  # the reading DPD last looked at
         self._listeners: list[_Listener] = []
         self._by_address: dict[str, _Listener] = {}
         self._assignments: list[AddressAssignment] = []
@@ -126,6 +126,11 @@ class Concentrator:
         self._metrics: MetricsExporter | None = None
         self._monotonic_start = 0.0
         self._slow_ticks = 0  # housekeeping ticks with a counters request unanswered
+
+    @property
+    def counters(self) -> DataPlaneCounters | None:
+        """The data plane's last complete counters reading (None before the first)."""
+        return None if self.dataplane is None else self.dataplane.latest_counters
 
     # --- life cycle ----------------------------------------------------------------------
 
@@ -485,8 +490,8 @@ class Concentrator:
                 self._fail(f"data plane: {error}")
                 return
         latest = dataplane.latest_counters
-        if latest is not None and latest is not self.counters:
-            self.counters = latest
+        if latest is not None and latest is not self._counted:
+            self._counted = latest
             inbound: dict[int, int] = {}
             for sa in latest.sas:
                 if sa.direction == "inbound":

@@ -16,7 +16,6 @@ object with the asyncio loop.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, Literal, Protocol
 
 from common.dataplane.control import DataPlaneCounters
 from common.dataplane.messages import SaCounters
+from common.ike.exchanges import format_address
 from concentrator.manager import TunnelManager
 from concentrator.pool import PoolUsage
 from concentrator.tunnel import Tunnel
@@ -322,16 +322,6 @@ def tunnel_state(tunnel: Tunnel) -> str:
     if tunnel.closing:
         return "closing"
     return "established" if tunnel.established else "half-open"
-
-
-def format_address(address: tuple[str, int]) -> str:
-    """``host:port``, with IPv6 hosts in brackets so the port stays unambiguous."""
-    host, port = address[0], address[1]
-    try:
-        bracket = ipaddress.ip_address(host.split("%", 1)[0]).version == 6
-    except ValueError:
-        bracket = ":" in host
-    return f"[{host}]:{port}" if bracket else f"{host}:{port}"
 
 
 # --- reload -----------------------------------------------------------------------------

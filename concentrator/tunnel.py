@@ -11,7 +11,6 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from common.ike.exchanges import Address
-from common.ike.payloads import TrafficSelector
 from common.ike.policy import Identity
 from common.ike.session import IkeSession
 
@@ -72,20 +71,3 @@ class Tunnel:
     def esp_suite(self) -> str:
         newest = max(self.children.values(), key=lambda c: c.installed_at, default=None)
         return newest.suite if newest is not None else ""
-
-
-def selector_networks(selectors: tuple[TrafficSelector, ...]) -> tuple[IpNetwork, ...]:
-    """The networks an address-range selector list covers (for ``SaPair.inner_networks``).
-
-    Traffic selectors are ranges (RFC 7296 3.13.1); the data plane routes by
-    prefix, so each range becomes its exact CIDR cover. Port and protocol
-    restrictions are not enforced by the data plane and are not narrowed to
-    by our responder (it proposes whole address ranges).
-    """
-    networks: list[IpNetwork] = []
-    for selector in selectors:
-        start, end = selector.start_address, selector.end_address
-        if int(start) > int(end):
-            continue  # an empty range covers nothing
-        networks.extend(ipaddress.summarize_address_range(start, end))
-    return tuple(networks)

@@ -64,6 +64,21 @@ from common.ike.payloads import Notify
 from common.ike.protection import open_sk, seal_sk
 
 Address = tuple[str, int]
+
+
+def format_address(address: Address) -> str:
+    """``host:port``, with IPv6 hosts in brackets so the port stays unambiguous.
+
+    For logs and status output; a zone suffix (``fe80::1%eth0``) is kept.
+    """
+    host, port = address[0], address[1]
+    try:
+        bracket = ipaddress.ip_address(host.split("%", 1)[0]).version == 6
+    except ValueError:
+        bracket = ":" in host
+    return f"[{host}]:{port}" if bracket else f"{host}:{port}"
+
+
 Rng = Callable[[int], bytes]
 _PORT: Final = struct.Struct("!H")
 _NEXT_PAYLOAD_OFFSET: Final = 16  # in the IKE header (RFC 7296 3.1)
